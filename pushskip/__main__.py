@@ -1,0 +1,3 @@
+from pushskip.cli import main
+
+raise SystemExit(main())

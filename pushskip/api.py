@@ -1,0 +1,213 @@
+"""HTTP routes: parse, validate, call the store, shape the response.
+
+Every failure a client can cause is an `ApiError` with API.md's status code,
+raised before anything touches Redis, and rendered by `app.py` as
+`{"success": false, "error": ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pushskip import events
+from pushskip.auth import InvalidToken, bearer_token, new_user_id
+
+Handler = Callable[[Request], Awaitable[JSONResponse]]
+MAX_ROOM_NAME = 128
+MAX_SEQ = 2**53
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def ok(payload: dict[str, Any]) -> JSONResponse:
+    return JSONResponse({"success": True, **payload})
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """The JSON object in the body ({} when empty); 413 past the size cap, unread."""
+    limit: int = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise ApiError(413, f"Request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"Request body is larger than {limit} bytes")
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "Request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return data
+
+
+def authenticate(request: Request) -> str:
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise ApiError(401, "Missing bearer token")
+    try:
+        return request.app.state.signer.verify(token)
+    except InvalidToken as exc:
+        raise ApiError(401, str(exc).capitalize()) from None
+
+
+def check_claimed_user(me: str, claimed: object) -> None:
+    """Old clients still send userId; it must be the token's user."""
+    if claimed is None:
+        return
+    if not isinstance(claimed, str):
+        raise ApiError(400, "userId must be a string")
+    if claimed != me:
+        raise ApiError(403, "userId does not match the session token")
+
+
+def optional_field(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    value = body.get(name, default)
+    # bool is an int in Python; a JSON true is never a valid number here.
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ApiError(400, f"{name} must be a {'boolean' if kind is bool else kind.__name__}")
+    return value
+
+
+def user_route(
+    handler: Callable[[Request, str, dict[str, Any]], Awaitable[dict[str, Any]]],
+    *,
+    reads_body: bool,
+) -> Handler:
+    """Wraps a handler with auth, rate limit, body parsing and the userId check."""
+
+    async def endpoint(request: Request) -> JSONResponse:
+        me = authenticate(request)
+        if not request.app.state.user_limiter.allow(me):
+            raise ApiError(429, "Too many requests; slow down")
+        body = await read_body(request) if reads_body else {}
+        check_claimed_user(me, body.get("userId", request.query_params.get("userId")))
+        return ok(await handler(request, me, body))
+
+    return endpoint
+
+
+async def create_session(request: Request) -> JSONResponse:
+    await read_body(request)  # enforces the size cap; the body carries nothing we need
+    client = request.client.host if request.client else "unknown"
+    if not request.app.state.session_limiter.allow(client):
+        raise ApiError(429, "Too many sessions from this address; slow down")
+    signer = request.app.state.signer
+    user_id = new_user_id()
+    return ok({"userId": user_id, "token": signer.sign(user_id), "expiresIn": signer.ttl_s})
+
+
+async def enqueue(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+    status, match = await request.app.state.store.enqueue(me)
+    if status == "matched":
+        return {"status": "matched", "match": match}
+    return {"status": "waiting"}
+
+
+async def leave(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+    ended = await request.app.state.store.leave(me)
+    return {"left": True, "roomName": ended[0] if ended else None}
+
+
+async def status(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+    store = request.app.state.store
+    result = await store.status(me)
+    if result["state"] == "waiting":
+        await store.touch(me)
+    return result
+
+
+async def skip(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+    requeue = optional_field(body, "requeue", bool, True)
+    result = await request.app.state.store.skip(me, requeue=requeue)
+    if not result.skipped:
+        return {"skipped": False, "message": "No active match"}
+    request.app.state.metrics.skip_publish_seconds.observe(result.script_ms / 1000)
+    return {
+        "skipped": True,
+        "roomName": result.room,
+        "status": result.status,
+        "match": result.match,
+    }
+
+
+async def check_disconnect(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+    reason = await request.app.state.store.check_disconnect(me)
+    if reason is None:
+        return {"shouldDisconnect": False}
+    return {"shouldDisconnect": True, "reason": reason}
+
+
+async def check_room_valid(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+    room = body.get("roomName")
+    if not isinstance(room, str) or not room:
+        raise ApiError(400, "roomName is required and must be a non-empty string")
+    if len(room) > MAX_ROOM_NAME:
+        raise ApiError(400, f"roomName is longer than {MAX_ROOM_NAME} characters")
+    reason = await request.app.state.store.check_room_valid(me, room)
+    return {"valid": reason is None, "reason": reason}
+
+
+async def left_behind_status(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+    return await request.app.state.store.left_behind(me)
+
+
+def parse_after(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or int(raw) > MAX_SEQ:
+        raise ApiError(400, "after must be a whole number >= 0")
+    return int(raw)
+
+
+async def list_events(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+    after = parse_after(request.query_params.get("after"))
+    state = request.app.state
+    found, last = await events.read_after(state.redis, me, after)
+    await state.store.touch(me)
+    return {"events": found, "lastSeq": last}
+
+
+def routes() -> list[Route]:
+    base = "/api/simple-matching"
+    return [
+        Route("/api/session", create_session, methods=["POST"]),
+        Route(f"{base}/enqueue", user_route(enqueue, reads_body=True), methods=["POST"]),
+        Route(f"{base}/leave", user_route(leave, reads_body=True), methods=["POST"]),
+        Route(f"{base}/status", user_route(status, reads_body=False), methods=["GET"]),
+        Route(f"{base}/skip", user_route(skip, reads_body=True), methods=["POST"]),
+        Route(
+            f"{base}/check-disconnect",
+            user_route(check_disconnect, reads_body=True),
+            methods=["POST"],
+        ),
+        Route(
+            f"{base}/check-room-valid",
+            user_route(check_room_valid, reads_body=True),
+            methods=["POST"],
+        ),
+        Route(
+            f"{base}/left-behind-status",
+            user_route(left_behind_status, reads_body=False),
+            methods=["GET"],
+        ),
+        Route(f"{base}/events", user_route(list_events, reads_body=False), methods=["GET"]),
+    ]

@@ -1,0 +1,131 @@
+"""create_app(settings): the Starlette app, with Redis clients made in its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+
+from pushskip import api, ws
+from pushskip.auth import TokenSigner
+from pushskip.config import Settings
+from pushskip.hub import Hub
+from pushskip.metrics import Metrics
+from pushskip.ratelimit import RateLimiter
+from pushskip.staticfiles import CachedStaticFiles
+from pushskip.store import Store
+
+logger = logging.getLogger("pushskip.app")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# New sessions per client address: generous, as a page may open several.
+SESSION_RATE_FACTOR = 5
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"success": False, "error": message}, status_code=status)
+
+
+async def on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, api.ApiError)
+    return error(exc.status, exc.message)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, str(exc.detail))
+
+
+async def on_redis_down(request: Request, exc: Exception) -> Response:
+    logger.warning("Redis unreachable during %s %s: %r", request.method, request.url.path, exc)
+    return error(503, "Redis is unreachable; try again shortly")
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    return error(500, "Internal server error")
+
+
+async def healthz(request: Request) -> Response:
+    await request.app.state.redis.ping()
+    return JSONResponse({"success": True, "redis": "ok", "hub": request.app.state.hub.ready})
+
+
+def redis_clients(settings: Settings) -> tuple[Redis, Redis]:
+    """The command client, and the pub/sub client that must not retry on its own."""
+    if not settings.redis_url:
+        raise ValueError("Settings.redis_url is required (the CLI starts a private server)")
+    common = {"decode_responses": True, "socket_connect_timeout": settings.redis_timeout_s}
+    commands = Redis.from_url(
+        settings.redis_url, socket_timeout=settings.redis_timeout_s, **common
+    )
+    pubsub = Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0), **common)
+    return commands, pubsub
+
+
+def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis, pubsub_redis = redis_clients(settings)
+        state = app.state
+        state.redis = redis
+        state.store = Store(
+            redis, stale_s=settings.queue_stale_s, cooldown_s=settings.rematch_cooldown_s
+        )
+        state.hub = Hub(
+            redis,
+            pubsub_redis,
+            state.metrics,
+            queue_size=settings.ws_send_queue,
+            watchdog_interval_s=settings.watchdog_interval_s,
+        )
+        await state.hub.start()
+        try:
+            yield
+        finally:
+            await state.hub.stop()
+            await pubsub_redis.aclose()
+            await redis.aclose()
+
+    static = static_dir or STATIC_DIR
+    metrics = Metrics()
+    routes = [
+        *api.routes(),
+        WebSocketRoute("/ws", ws.websocket_endpoint),
+        Route("/metrics", metrics.endpoint),
+        Route("/healthz", healthz),
+    ]
+    if static.is_dir():
+        routes.append(Mount("/", CachedStaticFiles(directory=static, html=True), name="static"))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            api.ApiError: on_api_error,
+            HTTPException: on_http_error,
+            RedisConnectionError: on_redis_down,
+            RedisTimeoutError: on_redis_down,
+            Exception: on_unexpected,
+        },
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.signer = TokenSigner(settings.secret, ttl_s=settings.token_ttl_s)
+    app.state.user_limiter = RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst)
+    app.state.session_limiter = RateLimiter(
+        rate_per_s=settings.rate_per_s * SESSION_RATE_FACTOR,
+        burst=settings.rate_burst * SESSION_RATE_FACTOR,
+    )
+    return app

@@ -1,0 +1,321 @@
+"""One Redis pub/sub connection per process, fanned out to local sockets.
+
+The shape is broadcaster's: a single listener task reads the pub/sub
+connection and hands each event to the local subscribers of its user. A
+user's channel is SUBSCRIBEd when their first local socket arrives and
+UNSUBSCRIBEd when the last one leaves, whatever the number of tabs.
+
+Backpressure policy (unlike broadcaster, whose queues are unbounded): each
+subscriber has a bounded queue. The listener never waits on a socket; when a
+queue is full the subscriber is marked overloaded and its socket is closed
+with 1013 by `ws.py`. The client falls back to polling and reconnects with
+`after=`, so it loses nothing, and one slow or dead socket never delays the
+others.
+
+Faults: when the pub/sub connection drops, the listener reconnects with
+backoff, resubscribes every local user and asks every subscriber to resync
+from the log (`RESYNC`), so events published while it was deaf are replayed.
+A watchdog publishes to this process's probe channel and expects to hear it
+back; a listener that stays silent is torn down and rebuilt the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator
+from typing import Final
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from pushskip import keys
+from pushskip.events import RawEvent, parse_raw
+from pushskip.metrics import Metrics
+
+logger = logging.getLogger("pushskip.hub")
+
+# Markers a subscriber's queue may hold besides events.
+RESYNC: Final = "resync"  # read the log from the last sent seq: live events may be missing
+PONG: Final = "pong"  # answer an application-level ping
+Item = RawEvent | str
+
+SUBSCRIBE_TIMEOUT_S = 5.0
+BACKOFF_START_S = 0.05
+BACKOFF_MAX_S = 2.0
+
+
+class HubUnavailable(Exception):
+    """The pub/sub connection is down: a socket cannot be promised live events now."""
+
+
+class Subscriber:
+    """One socket's place in the hub: a bounded queue and the reason it must close."""
+
+    def __init__(self, user_id: str, queue_size: int) -> None:
+        self.user_id = user_id
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
+        self.close_code: int | None = None
+        self.must_close = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"Subscriber(user_id={self.user_id!r}, queued={self.queue.qsize()})"
+
+    def offer(self, item: Item) -> bool:
+        """Queue an item without waiting; on a full queue, ask the socket to close with 1013."""
+        if self.must_close.is_set():
+            return False
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.close(1013)
+            return False
+        return True
+
+    def close(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+        self.must_close.set()
+
+
+class Hub:
+    def __init__(
+        self,
+        redis: Redis,
+        pubsub_redis: Redis,
+        metrics: Metrics,
+        *,
+        queue_size: int,
+        watchdog_interval_s: float,
+    ) -> None:
+        self.redis = redis
+        # A client whose connections never retry by themselves: redis-py's
+        # pub/sub would otherwise reconnect and resubscribe silently, and the
+        # events published in between would never be replayed.
+        self.pubsub_redis = pubsub_redis
+        self.metrics = metrics
+        self.queue_size = queue_size
+        self.watchdog_interval_s = watchdog_interval_s
+        self.probe_channel = keys.PROBE_CHANNEL + secrets.token_hex(8)
+        self._users: dict[str, set[Subscriber]] = {}
+        self._pubsub: PubSub | None = None
+        self._ready = asyncio.Event()
+        self._closing = False
+        # Channel commands go one at a time, and a SUBSCRIBE is only done when
+        # Redis confirms it: a socket reads the log only after that, so no
+        # event falls between the log read and the subscription.
+        self._channel_lock = asyncio.Lock()
+        self._confirm: tuple[str, asyncio.Future[None]] | None = None
+        self._probe_heard = asyncio.Event()
+        self._deaf = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"Hub(users={len(self._users)}, ready={self._ready.is_set()})"
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        return [s for subs in self._users.values() for s in subs]
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name="pushskip-hub-listener"),
+            asyncio.create_task(self._watchdog(), name="pushskip-hub-watchdog"),
+        ]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), SUBSCRIBE_TIMEOUT_S)
+
+    async def stop(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drop_pubsub()
+
+    async def close_all(self, code: int, *, timeout_s: float = 5.0) -> None:
+        """Ask every socket to close with `code` and wait until they have left."""
+        self._closing = True
+        for sub in self.subscribers:
+            sub.close(code)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._users and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, user_id: str) -> AsyncIterator[Subscriber]:
+        """A subscriber for `user_id` whose channel is live before this yields."""
+        if self._closing:
+            raise HubUnavailable("shutting down")
+        sub = Subscriber(user_id, self.queue_size)
+        subs = self._users.setdefault(user_id, set())
+        first = not subs
+        subs.add(sub)
+        self.metrics.subscribed_users.set(len(self._users))
+        try:
+            if first:
+                await self._subscribe_channel(keys.user_channel(user_id))
+            elif not self._ready.is_set():
+                await self._wait_ready()
+            yield sub
+        finally:
+            subs.discard(sub)
+            if not subs and self._users.get(user_id) is subs:
+                del self._users[user_id]
+                await self._unsubscribe_channel(keys.user_channel(user_id))
+            self.metrics.subscribed_users.set(len(self._users))
+
+    async def _wait_ready(self) -> None:
+        try:
+            await asyncio.wait_for(self._ready.wait(), SUBSCRIBE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise HubUnavailable("pub/sub connection is down") from None
+
+    async def _subscribe_channel(self, channel: str) -> None:
+        await self._wait_ready()
+        async with self._channel_lock:
+            pubsub = self._pubsub
+            if pubsub is None or not self._ready.is_set():
+                # The listener went down meanwhile; it subscribes every local
+                # user when it is back. Wait for that.
+                await self._wait_ready()
+                return
+            confirmed = asyncio.get_running_loop().create_future()
+            self._confirm = (channel, confirmed)
+            try:
+                await pubsub.subscribe(channel)
+                await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT_S)
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                self._deaf.set()
+                raise HubUnavailable(f"could not subscribe: {exc!r}") from None
+            finally:
+                self._confirm = None
+
+    async def _unsubscribe_channel(self, channel: str) -> None:
+        async with self._channel_lock:
+            pubsub = self._pubsub
+            if pubsub is None or not self._ready.is_set():
+                return  # a rebuilt connection subscribes only current users
+            try:
+                await pubsub.unsubscribe(channel)
+            except (RedisError, OSError) as exc:
+                logger.warning("unsubscribe failed, rebuilding pub/sub: %r", exc)
+                self._deaf.set()
+
+    def _dispatch(self, channel: str, data: str) -> None:
+        if channel == self.probe_channel:
+            self._probe_heard.set()
+            return
+        user_id = keys.user_from_channel(channel)
+        subs = self._users.get(user_id) if user_id else None
+        if not subs:
+            return
+        try:
+            event = parse_raw(data)
+        except ValueError:
+            logger.error("dropping malformed event on %s", channel)
+            return
+        for sub in list(subs):
+            sub.offer(event)
+
+    async def _connect(self) -> PubSub:
+        """A new pub/sub connection subscribed to the probe and every local user."""
+        pubsub = self.pubsub_redis.pubsub()
+        channels = [self.probe_channel] + [keys.user_channel(u) for u in self._users]
+        await pubsub.subscribe(*channels)
+        pending = set(channels)
+        # Confirmations arrive in order; wait until Redis has them all.
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            while pending:
+                message = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    pending.discard(message["channel"])
+                elif message["type"] == "message":
+                    self._dispatch(message["channel"], message["data"])
+        return pubsub
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_START_S
+        connected_before = False
+        while True:
+            try:
+                async with self._channel_lock:
+                    self._deaf.clear()
+                    self._pubsub = await self._connect()
+                    self._ready.set()
+                if connected_before:
+                    self.metrics.redis_reconnects.inc()
+                    logger.warning(
+                        "pub/sub reconnected; resubscribed %d users, replaying from logs",
+                        len(self._users),
+                    )
+                    for sub in self.subscribers:
+                        sub.offer(RESYNC)
+                connected_before = True
+                backoff = BACKOFF_START_S
+                await self._listen(self._pubsub)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                if self._ready.is_set() or not connected_before:
+                    logger.error("pub/sub connection lost: %r; reconnecting", exc)
+            self._ready.clear()
+            await self._drop_pubsub()
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        while not self._deaf.is_set():
+            message = await pubsub.get_message(timeout=0.5)
+            if message is None:
+                continue
+            kind = message["type"]
+            if kind == "message":
+                self._dispatch(message["channel"], message["data"])
+            elif kind == "subscribe" and self._confirm and self._confirm[0] == message["channel"]:
+                if not self._confirm[1].done():
+                    self._confirm[1].set_result(None)
+        raise RedisError("listener declared deaf")
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _watchdog(self) -> None:
+        """Publish to our own probe channel; a listener that does not hear it is deaf."""
+        while True:
+            await asyncio.sleep(self.watchdog_interval_s)
+            if not self._ready.is_set():
+                continue
+            self._probe_heard.clear()
+            try:
+                receivers = await self.redis.publish(self.probe_channel, "probe")
+            except (RedisError, OSError):
+                continue  # Redis itself is away; the listener will notice on its own
+            heard = False
+            if receivers:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._probe_heard.wait(), self.watchdog_interval_s)
+                    heard = True
+            if not heard and self._ready.is_set():
+                logger.error(
+                    "PUB/SUB LISTENER IS DEAF (probe %s, receivers=%s); rebuilding it and "
+                    "replaying every local user's log",
+                    self.probe_channel,
+                    receivers,
+                )
+                self.metrics.deaf_recoveries.inc()
+                self._deaf.set()

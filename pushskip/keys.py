@@ -1,0 +1,105 @@
+"""Every Redis key name, channel name and TTL in one place.
+
+The flag keys and their TTLs are the seed's (see API.md, Skip) and must not
+change: old clients and tools read them. Flag *values* name the room the flag
+was set for, so a flag for room R never poisons a later room of the same user.
+"""
+
+from __future__ import annotations
+
+# Seed flags and their TTLs, in seconds.
+PRE_SKIP = "pre-skip:"
+SKIP_IN_PROGRESS = "skip-in-progress:"
+FORCE_DISCONNECT = "force-disconnect:"
+ROOM_DELETED = "room-deleted:"
+SKIP_NOTIFICATION = "skip-notification:"
+PRE_SKIP_TTL_S = 30
+SKIP_IN_PROGRESS_TTL_S = 60
+FORCE_DISCONNECT_TTL_S = 300
+ROOM_DELETED_TTL_S = 300
+SKIP_NOTIFICATION_TTL_S = 300
+
+MATCH = "match:"
+# A match outlives any real chat; the TTL only reclaims pairs whose users vanished.
+MATCH_TTL_S = 24 * 3600
+
+# Waiting users, oldest first (score: enqueued-at ms) and when each last showed
+# life (score: ms). An entry not seen for queue_stale_s is never matched.
+QUEUE = "simple-matching:queue"
+QUEUE_SEEN = "simple-matching:queue-seen"
+# How many queue entries one enqueue looks at before giving up (bounds Lua time).
+PAIRING_SCAN_LIMIT = 200
+
+# rematch-cooldown:{a}:{b} with a < b: set by a skip, blocks re-pairing a and b.
+REMATCH_COOLDOWN = "rematch-cooldown:"
+
+# Per-user event log: a stream whose entry ids are "<seq>-0", and the counter.
+EVENT_LOG = "events:"
+EVENT_SEQ = "events-seq:"
+# The log keeps at least its last 100 events, each for at least 300 s.
+EVENT_LOG_MIN_EVENTS = 100
+EVENT_LOG_MIN_AGE_MS = 300_000
+
+# Pub/sub channels (a namespace apart from keys).
+USER_CHANNEL = "pushskip:user:"
+PROBE_CHANNEL = "pushskip:probe:"
+
+
+def match(user_id: str) -> str:
+    return MATCH + user_id
+
+
+def event_log(user_id: str) -> str:
+    return EVENT_LOG + user_id
+
+
+def event_seq(user_id: str) -> str:
+    return EVENT_SEQ + user_id
+
+
+def user_channel(user_id: str) -> str:
+    return USER_CHANNEL + user_id
+
+
+def user_from_channel(channel: str) -> str | None:
+    if channel.startswith(USER_CHANNEL):
+        return channel[len(USER_CHANNEL) :]
+    return None
+
+
+def rematch_cooldown(a: str, b: str) -> str:
+    lo, hi = sorted((a, b))
+    return f"{REMATCH_COOLDOWN}{lo}:{hi}"
+
+
+def lua_constants(log_keep_ms: int) -> str:
+    """The Lua prelude that gives every script the same names as this module."""
+    values: dict[str, str | int] = {
+        "K_MATCH": MATCH,
+        "K_PRE_SKIP": PRE_SKIP,
+        "K_SKIP_IN_PROGRESS": SKIP_IN_PROGRESS,
+        "K_FORCE_DISCONNECT": FORCE_DISCONNECT,
+        "K_ROOM_DELETED": ROOM_DELETED,
+        "K_SKIP_NOTIFICATION": SKIP_NOTIFICATION,
+        "K_QUEUE": QUEUE,
+        "K_QUEUE_SEEN": QUEUE_SEEN,
+        "K_COOLDOWN": REMATCH_COOLDOWN,
+        "K_LOG": EVENT_LOG,
+        "K_SEQ": EVENT_SEQ,
+        "K_CHANNEL": USER_CHANNEL,
+        "PRE_SKIP_TTL": PRE_SKIP_TTL_S,
+        "SKIP_IN_PROGRESS_TTL": SKIP_IN_PROGRESS_TTL_S,
+        "FORCE_DISCONNECT_TTL": FORCE_DISCONNECT_TTL_S,
+        "ROOM_DELETED_TTL": ROOM_DELETED_TTL_S,
+        "SKIP_NOTIFICATION_TTL": SKIP_NOTIFICATION_TTL_S,
+        "MATCH_TTL": MATCH_TTL_S,
+        "SCAN_LIMIT": PAIRING_SCAN_LIMIT,
+        "LOG_MIN_EVENTS": EVENT_LOG_MIN_EVENTS,
+        "LOG_MIN_AGE_MS": EVENT_LOG_MIN_AGE_MS,
+        "LOG_KEEP_MS": log_keep_ms,
+    }
+    lines = []
+    for name, value in values.items():
+        literal = repr(value) if isinstance(value, str) else str(value)
+        lines.append(f"local {name} = {literal}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,47 @@
+"""Prometheus metrics, one registry per app (so several apps share a process in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+# Skip→publish is one Lua script on a local Redis: sub-millisecond is normal.
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sockets = Gauge("pushskip_ws_connected_sockets", "Open WebSockets", registry=r)
+        self.subscribed_users = Gauge(
+            "pushskip_hub_subscribed_users", "Users whose channel this process listens to",
+            registry=r,
+        )
+        self.delivered = Counter(
+            "pushskip_events_delivered", "Events sent live over WebSockets", registry=r
+        )
+        self.replayed = Counter(
+            "pushskip_events_replayed", "Events sent from the log (replay, gap fill)", registry=r
+        )
+        self.slow_closes = Counter(
+            "pushskip_ws_slow_reader_closes", "Sockets closed 1013 for falling behind", registry=r
+        )
+        self.redis_reconnects = Counter(
+            "pushskip_hub_redis_reconnects", "Pub/sub connections re-established", registry=r
+        )
+        self.deaf_recoveries = Counter(
+            "pushskip_hub_deaf_recoveries", "Pub/sub listeners found deaf by the watchdog",
+            registry=r,
+        )
+        self.skip_publish_seconds = Histogram(
+            "pushskip_skip_publish_seconds",
+            "Time of the skip script: flags, event append and PUBLISH",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,158 @@
+"""Test helpers: real servers on free ports, sessions, Redis snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from pushskip.app import create_app
+from pushskip.config import Settings
+from pushskip.server import PushskipServer, server_config
+
+TEST_SECRET = "test-secret-not-for-production"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "secret": TEST_SECRET,
+        "rate_per_s": 10_000.0,
+        "rate_burst": 10_000,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def run_server(settings: Settings) -> AsyncIterator[str]:
+    """A real uvicorn serving create_app(settings) in this event loop; yields its base URL."""
+    port = free_port()
+    app = create_app(settings)
+    server = PushskipServer(server_config(app, settings, host="127.0.0.1", port=port))
+    server.config.install_signal_handlers = False  # type: ignore[attr-defined]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.contextmanager
+def app_process(redis_url: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`pushskip serve` in its own process (as in production); yields (base URL, process)."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "PUSHSKIP_SECRET": TEST_SECRET,
+        "PUSHSKIP_RATE_PER_S": "10000",
+        "PUSHSKIP_RATE_BURST": "10000",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pushskip", "--log-level", "WARNING", "serve", "--port", str(port)],
+        env=full_env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app process exited with {proc.returncode}")
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("app process did not come up")
+            time.sleep(0.05)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class User:
+    """A client with its own session, as a browser would have."""
+
+    def __init__(self, http: httpx.AsyncClient, user_id: str, token: str) -> None:
+        self.http = http
+        self.id = user_id
+        self.token = token
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def __repr__(self) -> str:
+        return f"User({self.id})"
+
+    async def post(self, path: str, json: Any = None, **kw: Any) -> httpx.Response:
+        return await self.http.post(
+            "/api/simple-matching/" + path, json=json, headers=self.headers, **kw
+        )
+
+    async def get(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.http.get("/api/simple-matching/" + path, headers=self.headers, **kw)
+
+    async def call(self, path: str, json: Any = None) -> dict[str, Any]:
+        """POST (or GET for read-only routes) and return the JSON of a 200."""
+        if path in ("status", "left-behind-status") or path.startswith("events"):
+            response = await self.get(path)
+        else:
+            response = await self.post(path, json=json if json is not None else {})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["success"] is True
+        return body
+
+
+async def new_user(http: httpx.AsyncClient) -> User:
+    response = await http.post("/api/session")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return User(http, body["userId"], body["token"])
+
+
+async def snapshot(redis: Redis) -> dict[str, Any]:
+    """Every key with its type, value and TTL presence: to prove nothing changed."""
+    result: dict[str, Any] = {}
+    async for key in redis.scan_iter(count=1000):
+        kind = await redis.type(key)
+        if kind == "string":
+            value: Any = await redis.get(key)
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            value = await redis.xrange(key)
+        elif kind == "hash":
+            value = await redis.hgetall(key)
+        else:
+            value = kind
+        result[key] = (kind, value, await redis.ttl(key) > 0)
+    return result
