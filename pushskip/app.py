@@ -34,8 +34,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SESSION_RATE_FACTOR = 5
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"success": False, "error": message}, status_code=status)
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"success": False, "error": message}, status_code=status, headers=headers)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
@@ -45,7 +45,7 @@ async def on_api_error(request: Request, exc: Exception) -> Response:
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error(exc.status_code, str(exc.detail))
+    return error(exc.status_code, str(exc.detail), exc.headers)  # keeps a 405's Allow
 
 
 async def on_redis_down(request: Request, exc: Exception) -> Response:
@@ -89,6 +89,7 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
             pubsub_redis,
             state.metrics,
             queue_size=settings.ws_send_queue,
+            slow_send_s=settings.ws_slow_send_s,
             watchdog_interval_s=settings.watchdog_interval_s,
         )
         await state.hub.start()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+from types import FrameType
 
 from pushskip.app import create_app
 from pushskip.config import ConfigError, Settings
@@ -15,7 +17,15 @@ from pushskip.server import PushskipServer, server_config
 logger = logging.getLogger("pushskip.cli")
 
 
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def serve(args: argparse.Namespace) -> int:
+    # uvicorn handles SIGTERM while it serves and re-raises it when done; this
+    # handler turns that (and a SIGTERM during start-up) into a normal exit,
+    # so the `finally` below stops the private Redis after everything else.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -42,6 +52,13 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    # Imported here: the benchmark's dependencies (the `bench` extra) are optional.
+    from pushskip.bench import main as bench_main
+
+    return int(bench_main(args.bench_args))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pushskip", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("PUSHSKIP_LOG_LEVEL", "INFO"))
@@ -50,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     p_serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p_serve.set_defaults(func=serve)
+    p_bench = sub.add_parser("bench", help="measure push vs polling, capacity and Redis cost")
+    p_bench.set_defaults(func=bench)
+    p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024
 DEFAULT_WS_PING_INTERVAL_S = 20.0
 DEFAULT_WS_PING_TIMEOUT_S = 20.0
 DEFAULT_WS_SEND_QUEUE = 256
+DEFAULT_WS_SLOW_SEND_S = 2.0
 DEFAULT_RATE_PER_S = 20.0
 DEFAULT_RATE_BURST = 60
 DEFAULT_QUEUE_STALE_S = 30
@@ -42,6 +44,7 @@ class Settings:
     ws_ping_interval_s: float = DEFAULT_WS_PING_INTERVAL_S
     ws_ping_timeout_s: float = DEFAULT_WS_PING_TIMEOUT_S
     ws_send_queue: int = DEFAULT_WS_SEND_QUEUE
+    ws_slow_send_s: float = DEFAULT_WS_SLOW_SEND_S
     rate_per_s: float = DEFAULT_RATE_PER_S
     rate_burst: int = DEFAULT_RATE_BURST
     queue_stale_s: int = DEFAULT_QUEUE_STALE_S
@@ -72,6 +75,7 @@ class Settings:
             ws_ping_interval_s=_float(env, "PUSHSKIP_WS_PING_INTERVAL_S", DEFAULT_WS_PING_INTERVAL_S),
             ws_ping_timeout_s=_float(env, "PUSHSKIP_WS_PING_TIMEOUT_S", DEFAULT_WS_PING_TIMEOUT_S),
             ws_send_queue=_int(env, "PUSHSKIP_WS_SEND_QUEUE", DEFAULT_WS_SEND_QUEUE),
+            ws_slow_send_s=_float(env, "PUSHSKIP_WS_SLOW_SEND_S", DEFAULT_WS_SLOW_SEND_S),
             rate_per_s=_float(env, "PUSHSKIP_RATE_PER_S", DEFAULT_RATE_PER_S),
             rate_burst=_int(env, "PUSHSKIP_RATE_BURST", DEFAULT_RATE_BURST),
             queue_stale_s=_int(env, "PUSHSKIP_QUEUE_STALE_S", DEFAULT_QUEUE_STALE_S),
@@ -103,6 +107,6 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive finite number, got {raw!r}")
     return value

@@ -6,11 +6,16 @@ user's channel is SUBSCRIBEd when their first local socket arrives and
 UNSUBSCRIBEd when the last one leaves, whatever the number of tabs.
 
 Backpressure policy (unlike broadcaster, whose queues are unbounded): each
-subscriber has a bounded queue. The listener never waits on a socket; when a
-queue is full the subscriber is marked overloaded and its socket is closed
-with 1013 by `ws.py`. The client falls back to polling and reconnects with
-`after=`, so it loses nothing, and one slow or dead socket never delays the
-others.
+subscriber has a bounded queue and the listener never waits on a socket.
+When a queue is full, what happens depends on the socket's writer:
+- it is blocked in a send that started more than `slow_send_s` ago: the
+  reader has stopped keeping up, so the subscriber is marked for closing and
+  `ws.py` closes the socket with 1013. The client falls back to polling and
+  reconnects with `after=`, losing nothing.
+- otherwise (a burst, or a replay still running): the queued events are
+  dropped for a single RESYNC marker, since every one of them is in the log.
+Either way memory per socket stays bounded, and one slow or dead socket
+never delays the others.
 
 Faults: when the pub/sub connection drops, the listener reconnects with
 backoff, resubscribes every local user and asks every subscriber to resync
@@ -56,25 +61,35 @@ class HubUnavailable(Exception):
 class Subscriber:
     """One socket's place in the hub: a bounded queue and the reason it must close."""
 
-    def __init__(self, user_id: str, queue_size: int) -> None:
+    def __init__(self, user_id: str, queue_size: int, slow_send_s: float) -> None:
         self.user_id = user_id
         self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
+        self.slow_send_s = slow_send_s
+        # Loop time at which the socket's current send began; None when idle.
+        self.sending_since: float | None = None
         self.close_code: int | None = None
         self.must_close = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"Subscriber(user_id={self.user_id!r}, queued={self.queue.qsize()})"
 
-    def offer(self, item: Item) -> bool:
-        """Queue an item without waiting; on a full queue, ask the socket to close with 1013."""
+    def offer(self, item: Item) -> None:
+        """Queue an item without waiting; a full queue is handled as the module says."""
         if self.must_close.is_set():
-            return False
+            return
         try:
             self.queue.put_nowait(item)
+            return
         except asyncio.QueueFull:
+            pass
+        started = self.sending_since
+        if started is not None and asyncio.get_running_loop().time() - started > self.slow_send_s:
             self.close(1013)
-            return False
-        return True
+            return
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        # Every dropped event is in the log; a dropped pong is answered at the next ping.
+        self.queue.put_nowait(RESYNC)
 
     def close(self, code: int) -> None:
         if self.close_code is None:
@@ -90,6 +105,7 @@ class Hub:
         metrics: Metrics,
         *,
         queue_size: int,
+        slow_send_s: float,
         watchdog_interval_s: float,
     ) -> None:
         self.redis = redis
@@ -99,6 +115,7 @@ class Hub:
         self.pubsub_redis = pubsub_redis
         self.metrics = metrics
         self.queue_size = queue_size
+        self.slow_send_s = slow_send_s
         self.watchdog_interval_s = watchdog_interval_s
         self.probe_channel = keys.PROBE_CHANNEL + secrets.token_hex(8)
         self._users: dict[str, set[Subscriber]] = {}
@@ -156,7 +173,7 @@ class Hub:
         """A subscriber for `user_id` whose channel is live before this yields."""
         if self._closing:
             raise HubUnavailable("shutting down")
-        sub = Subscriber(user_id, self.queue_size)
+        sub = Subscriber(user_id, self.queue_size, self.slow_send_s)
         subs = self._users.setdefault(user_id, set())
         first = not subs
         subs.add(sub)

@@ -47,7 +47,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
 def parse_after(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 16:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16:
         raise ValueError("after must be a whole number >= 0")
     return int(raw)
 
@@ -62,6 +62,15 @@ class Connection:
         state = websocket.app.state
         self.redis = state.redis
         self.metrics = state.metrics
+        self.loop = asyncio.get_running_loop()
+
+    async def send(self, text: str) -> None:
+        # The hub reads sending_since to tell a stuck reader from a busy one.
+        self.sub.sending_since = self.loop.time()
+        try:
+            await self.websocket.send_text(text)
+        finally:
+            self.sub.sending_since = None
 
     async def send_from_log(self) -> None:
         """Send every logged event after the last one sent."""
@@ -69,7 +78,7 @@ class Connection:
             found, _ = await events.read_raw_after(self.redis, self.sub.user_id, self.last_sent)
             for event in found:
                 if event.seq > self.last_sent:
-                    await self.websocket.send_text(event.text)
+                    await self.send(event.text)
                     self.last_sent = event.seq
                     self.metrics.replayed.inc()
             if len(found) < events.READ_LIMIT:
@@ -80,14 +89,14 @@ class Connection:
         while True:
             item = await queue.get()
             if item == PONG:
-                await self.websocket.send_text('{"type":"pong"}')
+                await self.send('{"type":"pong"}')
             elif item == RESYNC:
                 await self.send_from_log()
             elif isinstance(item, events.RawEvent) and item.seq > self.last_sent:
                 if item.seq > self.last_sent + 1:
                     await self.send_from_log()
                 if item.seq > self.last_sent:
-                    await self.websocket.send_text(item.text)
+                    await self.send(item.text)
                     self.last_sent = item.seq
                     self.metrics.delivered.inc()
 
@@ -177,10 +186,16 @@ async def serve(websocket: WebSocket, sub: Subscriber, after: int | None) -> Non
             reason = "Too slow a reader; poll events?after= and reconnect"
         else:
             reason = "Server shutting down; reconnect with after="
-        await close_quietly(websocket, sub.close_code, reason)
+        # The close frame queues behind what the reader has not read yet: give
+        # it as long as a heartbeat would, then let the connection drop.
+        settings = state.settings
+        timeout = settings.ws_ping_interval_s + settings.ws_ping_timeout_s
+        await close_quietly(websocket, sub.close_code, reason, timeout)
 
 
-async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
+async def close_quietly(
+    websocket: WebSocket, code: int, reason: str, timeout: float = CLOSE_TIMEOUT_S
+) -> None:
     """Close, bounded in time: a reader that stopped reading cannot hold us here."""
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(websocket.close(code, reason), CLOSE_TIMEOUT_S)
+        await asyncio.wait_for(websocket.close(code, reason), timeout)

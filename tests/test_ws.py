@@ -1,0 +1,116 @@
+"""The WebSocket: hello, replay, live events, auth and Origin, against real uvicorn and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tests.helpers import User, new_user
+
+RECV_TIMEOUT_S = 5.0
+
+
+def ws_url(base_url: str, user: User, after: int | None = None) -> str:
+    url = base_url.replace("http://", "ws://") + f"/ws?token={user.token}"
+    return url if after is None else f"{url}&after={after}"
+
+
+async def recv_json(ws: ClientConnection, timeout: float = RECV_TIMEOUT_S) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def recv_events(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
+    return [await recv_json(ws) for _ in range(count)]
+
+
+async def assert_silent(ws: ClientConnection, seconds: float = 0.3) -> None:
+    """Nothing more arrives (no duplicate) within a short window."""
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(ws.recv(), seconds)
+
+
+async def matched_pair(http: httpx.AsyncClient) -> tuple[User, User, str]:
+    a, b = await new_user(http), await new_user(http)
+    await a.call("enqueue")
+    room = (await b.call("enqueue"))["match"]["roomName"]
+    return a, b, room
+
+
+async def test_hello_then_partner_skipped_live(http: httpx.AsyncClient, base_url: str) -> None:
+    """The partner's socket gets hello, then partner-skipped pushed right after the skip."""
+    a, b, room = await matched_pair(http)
+    async with websockets.connect(ws_url(base_url, b)) as ws:
+        hello = await recv_json(ws)
+        assert hello["type"] == "hello"
+        assert hello["userId"] == b.id and hello["state"] == "matched"
+        assert hello["match"]["roomName"] == room and hello["lastSeq"] == 1
+        assert hello["pollIntervalMs"] == 500
+        await a.call("skip", {"requeue": False})
+        event = await recv_json(ws)
+        assert event["type"] == "partner-skipped" and event["seq"] == 2
+        assert event["roomName"] == room and event["skippedBy"] == a.id
+        await assert_silent(ws)
+
+
+async def test_replay_after_reconnect_exactly_once(http: httpx.AsyncClient, base_url: str) -> None:
+    """An event missed while the socket was closed arrives on reconnect with after=, once."""
+    a, b, room = await matched_pair(http)
+    async with websockets.connect(ws_url(base_url, b)) as ws:
+        hello = await recv_json(ws)
+    await a.call("skip", {"requeue": False})
+    async with websockets.connect(ws_url(base_url, b, after=hello["lastSeq"])) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        event = await recv_json(ws)
+        assert (event["type"], event["seq"]) == ("partner-skipped", 2)
+        await assert_silent(ws)
+
+
+async def test_two_tabs_each_get_event_once(http: httpx.AsyncClient, base_url: str) -> None:
+    """Two sockets of one user on one process each receive the event exactly once."""
+    a, b, _ = await matched_pair(http)
+    async with websockets.connect(ws_url(base_url, b)) as t1, websockets.connect(
+        ws_url(base_url, b)
+    ) as t2:
+        await recv_json(t1), await recv_json(t2)
+        await a.call("skip", {"requeue": False})
+        for tab in (t1, t2):
+            assert (await recv_json(tab))["seq"] == 2
+        for tab in (t1, t2):
+            await assert_silent(tab)
+
+
+async def test_ping_pong(http: httpx.AsyncClient, base_url: str) -> None:
+    """An application-level ping is answered with pong."""
+    user = await new_user(http)
+    async with websockets.connect(ws_url(base_url, user)) as ws:
+        await recv_json(ws)
+        await ws.send('{"type":"ping"}')
+        assert await recv_json(ws) == {"type": "pong"}
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "InVfeHh4eHh4eHh4eHh4eHh4eHh4eCI.aaaaaa.bbbb"])
+async def test_bad_token_closes_4401(http: httpx.AsyncClient, base_url: str, token: str) -> None:
+    """A missing, malformed or forged token is closed with 4401."""
+    url = base_url.replace("http://", "ws://") + f"/ws?token={token}"
+    async with websockets.connect(url) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await recv_json(ws)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4401
+
+
+async def test_bad_origin_closes_4403(http: httpx.AsyncClient, base_url: str) -> None:
+    """A browser Origin that is neither the app's own nor allowed is closed with 4403."""
+    user = await new_user(http)
+    async with websockets.connect(ws_url(base_url, user), origin="http://evil.example") as ws:
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await recv_json(ws)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4403
+    own = base_url
+    async with websockets.connect(ws_url(base_url, user), origin=own) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
