@@ -119,6 +119,8 @@ class Hub:
         self.watchdog_interval_s = watchdog_interval_s
         self.probe_channel = keys.PROBE_CHANNEL + secrets.token_hex(8)
         self._users: dict[str, set[Subscriber]] = {}
+        # Per user: resolved once their channel's first SUBSCRIBE is confirmed.
+        self._live: dict[str, asyncio.Future[None]] = {}
         self._pubsub: PubSub | None = None
         self._ready = asyncio.Event()
         self._closing = False
@@ -180,14 +182,28 @@ class Hub:
         self.metrics.subscribed_users.set(len(self._users))
         try:
             if first:
-                await self._subscribe_channel(keys.user_channel(user_id))
-            elif not self._ready.is_set():
-                await self._wait_ready()
+                live = self._live[user_id] = asyncio.get_running_loop().create_future()
+                # Later tabs wait on this; mark a failure as seen even if none do.
+                live.add_done_callback(lambda f: f.cancelled() or f.exception())
+                try:
+                    await self._subscribe_channel(keys.user_channel(user_id))
+                except BaseException as exc:
+                    live.set_exception(HubUnavailable(f"subscribe failed: {exc!r}"))
+                    raise
+                live.set_result(None)
+            else:
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(self._live[user_id]), SUBSCRIBE_TIMEOUT_S
+                    )
+                except asyncio.TimeoutError:
+                    raise HubUnavailable("subscription not confirmed") from None
             yield sub
         finally:
             subs.discard(sub)
             if not subs and self._users.get(user_id) is subs:
                 del self._users[user_id]
+                self._live.pop(user_id, None)
                 await self._unsubscribe_channel(keys.user_channel(user_id))
             self.metrics.subscribed_users.set(len(self._users))
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 from typing import Any
 
 import httpx
 import pytest
 import websockets
+from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
-from tests.helpers import User, new_user
+from pushskip.embedded import EmbeddedRedis
+from tests.helpers import User, make_settings, new_user, run_server
 
 RECV_TIMEOUT_S = 5.0
 
@@ -114,3 +118,72 @@ async def test_bad_origin_closes_4403(http: httpx.AsyncClient, base_url: str) ->
     own = base_url
     async with websockets.connect(ws_url(base_url, user), origin=own) as ws:
         assert (await recv_json(ws))["type"] == "hello"
+
+
+async def test_one_pubsub_connection_per_process(
+    http: httpx.AsyncClient, base_url: str, redis: Redis
+) -> None:
+    """Many sockets of many users share one pub/sub connection; the last socket
+    of a user unsubscribes their channel."""
+    users = [await new_user(http) for _ in range(20)]
+    sockets = [await websockets.connect(ws_url(base_url, u)) for u in users for _ in range(2)]
+    try:
+        for ws in sockets:
+            await recv_json(ws)
+        clients = await redis.client_list(_type="pubsub")
+        assert len(clients) == 1
+        channels = set(await redis.pubsub_channels("pushskip:user:*"))
+        assert channels == {f"pushskip:user:{u.id}" for u in users}
+    finally:
+        for ws in sockets[:20]:
+            await ws.close()
+    # Users 0-9 closed both tabs; users 10-19 still have one open each.
+    for _ in range(100):
+        channels = set(await redis.pubsub_channels("pushskip:user:*"))
+        if len(channels) == 10:
+            break
+        await asyncio.sleep(0.02)
+    assert channels == {f"pushskip:user:{u.id}" for u in users[10:]}
+    for ws in sockets[20:]:
+        await ws.close()
+
+
+async def test_no_per_message_compression(http: httpx.AsyncClient, base_url: str) -> None:
+    """The server declines permessage-deflate even when the client offers it."""
+    user = await new_user(http)
+    async with websockets.connect(ws_url(base_url, user), compression="deflate") as ws:
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        await recv_json(ws)
+
+
+async def test_silent_client_is_dropped_by_heartbeat(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """A client that never answers the server's pings is disconnected and unsubscribed."""
+    settings = make_settings(redis_server.url, ws_ping_interval_s=0.2, ws_ping_timeout_s=0.2)
+    async with run_server(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        user = await new_user(http)
+        port = int(base.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /ws?token={user.token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+        # Read (hello, pings) but never answer: the server must hang up.
+        received = b""
+        while chunk := await asyncio.wait_for(reader.read(4096), 10):
+            received += chunk
+        writer.close()
+        assert b'"type":"hello"' in received.replace(b" ", b"")
+        assert b"\x89" in received  # at least one ping frame was sent
+        for _ in range(100):
+            if not await redis.pubsub_channels(f"pushskip:user:{user.id}"):
+                break
+            await asyncio.sleep(0.02)
+        assert await redis.pubsub_channels(f"pushskip:user:{user.id}") == []
