@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -34,7 +34,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SESSION_RATE_FACTOR = 5
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"success": False, "error": message}, status_code=status, headers=headers)
 
 
@@ -67,11 +67,19 @@ def redis_clients(settings: Settings) -> tuple[Redis, Redis]:
     """The command client, and the pub/sub client that must not retry on its own."""
     if not settings.redis_url:
         raise ValueError("Settings.redis_url is required (the CLI starts a private server)")
-    common = {"decode_responses": True, "socket_connect_timeout": settings.redis_timeout_s}
+    timeout = settings.redis_timeout_s
     commands = Redis.from_url(
-        settings.redis_url, socket_timeout=settings.redis_timeout_s, **common
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
     )
-    pubsub = Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0), **common)
+    pubsub = Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
     return commands, pubsub
 
 

@@ -149,7 +149,7 @@ class Hub:
             asyncio.create_task(self._run(), name="pushskip-hub-listener"),
             asyncio.create_task(self._watchdog(), name="pushskip-hub-watchdog"),
         ]
-        with contextlib.suppress(asyncio.TimeoutError):
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), SUBSCRIBE_TIMEOUT_S)
 
     async def stop(self) -> None:
@@ -196,7 +196,7 @@ class Hub:
                     await asyncio.wait_for(
                         asyncio.shield(self._live[user_id]), SUBSCRIBE_TIMEOUT_S
                     )
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise HubUnavailable("subscription not confirmed") from None
             yield sub
         finally:
@@ -210,7 +210,7 @@ class Hub:
     async def _wait_ready(self) -> None:
         try:
             await asyncio.wait_for(self._ready.wait(), SUBSCRIBE_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HubUnavailable("pub/sub connection is down") from None
 
     async def _subscribe_channel(self, channel: str) -> None:
@@ -227,7 +227,7 @@ class Hub:
             try:
                 await pubsub.subscribe(channel)
                 await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT_S)
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 self._deaf.set()
                 raise HubUnavailable(f"could not subscribe: {exc!r}") from None
             finally:
@@ -300,7 +300,7 @@ class Hub:
                 await self._listen(self._pubsub)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 if self._ready.is_set() or not connected_before:
                     logger.error("pub/sub connection lost: %r; reconnecting", exc)
             self._ready.clear()
@@ -317,8 +317,9 @@ class Hub:
             if kind == "message":
                 self._dispatch(message["channel"], message["data"])
             elif kind == "subscribe" and self._confirm and self._confirm[0] == message["channel"]:
-                if not self._confirm[1].done():
-                    self._confirm[1].set_result(None)
+                confirmed = self._confirm[1]
+                if not confirmed.done():
+                    confirmed.set_result(None)
         raise RedisError("listener declared deaf")
 
     async def _drop_pubsub(self) -> None:
@@ -340,7 +341,7 @@ class Hub:
                 continue  # Redis itself is away; the listener will notice on its own
             heard = False
             if receivers:
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._probe_heard.wait(), self.watchdog_interval_s)
                     heard = True
             if not heard and self._ready.is_set():

@@ -16,7 +16,7 @@ from pushskip.config import Settings
 from pushskip.ws import CLOSE_GOING_AWAY
 
 
-def server_config(app: Starlette, settings: Settings, *, host: str, port: int, **extra: object) -> uvicorn.Config:
+def server_config(app: Starlette, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -29,7 +29,6 @@ def server_config(app: Starlette, settings: Settings, *, host: str, port: int, *
         timeout_graceful_shutdown=10,
         log_config=None,
         access_log=False,
-        **extra,
     )
 
 

@@ -41,7 +41,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     origin = origin.rstrip("/")
     if "*" in allowed or origin in allowed:
         return True
-    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
 
 def parse_after(raw: str | None) -> int | None:
@@ -177,9 +177,9 @@ async def serve(websocket: WebSocket, sub: Subscriber, after: int | None) -> Non
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
                 await task
     writer = tasks[0]
-    if sub.close_code is None and writer.done() and not writer.cancelled():
-        if isinstance(writer.exception(), RedisError):
-            sub.close(CLOSE_TRY_AGAIN)
+    writer_failed = writer.done() and not writer.cancelled() and writer.exception()
+    if sub.close_code is None and isinstance(writer_failed, RedisError):
+        sub.close(CLOSE_TRY_AGAIN)
     if sub.close_code is not None:
         if sub.close_code == CLOSE_TRY_AGAIN:
             state.metrics.slow_closes.inc()
