@@ -7,6 +7,8 @@ and resume with `after=`.
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 
 import uvicorn
@@ -16,7 +18,37 @@ from pushskip.config import Settings
 from pushskip.ws import CLOSE_GOING_AWAY
 
 
+TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs each WebSocket's path, query and all; the token must not reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and any("token=" in str(arg) for arg in _args(record)):
+            record.msg = TOKEN_IN_URL.sub(r"\1[redacted]", record.getMessage())
+            record.args = None
+        elif "token=" in str(record.msg):
+            record.msg = TOKEN_IN_URL.sub(r"\1[redacted]", str(record.msg))
+        return True
+
+
+def _args(record: logging.LogRecord) -> tuple[object, ...]:
+    args = record.args
+    if isinstance(args, tuple):
+        return args
+    return tuple(args.values()) if isinstance(args, dict) else (args,)
+
+
+def install_log_redaction() -> None:
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
 def server_config(app: Starlette, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    install_log_redaction()
     return uvicorn.Config(
         app,
         host=host,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 from typing import Any
 
@@ -187,3 +188,20 @@ async def test_silent_client_is_dropped_by_heartbeat(
                 break
             await asyncio.sleep(0.02)
         assert await redis.pubsub_channels(f"pushskip:user:{user.id}") == []
+
+
+async def test_token_never_logged(
+    http: httpx.AsyncClient, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn's WebSocket log lines have the token redacted."""
+    caplog.set_level(logging.DEBUG)
+    a, b, _ = await matched_pair(http)
+    async with websockets.connect(ws_url(base_url, b)) as ws:
+        await recv_json(ws)
+        await a.call("skip", {"requeue": False})
+        await recv_json(ws)
+    # The test's own client library logs its request at DEBUG; only the server counts.
+    server = [r for r in caplog.records if r.name.startswith(("uvicorn", "pushskip", "starlette"))]
+    messages = [r.getMessage() for r in server]
+    assert any("/ws?token=[redacted]" in m for m in messages)
+    assert not any(b.token in m or a.token in m for m in messages)
