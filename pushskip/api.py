@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from pushskip import events
 from pushskip.auth import InvalidToken, bearer_token, new_user_id
@@ -34,8 +34,8 @@ def ok(payload: dict[str, Any]) -> JSONResponse:
     return JSONResponse({"success": True, **payload})
 
 
-async def read_body(request: Request) -> dict[str, Any]:
-    """The JSON object in the body ({} when empty); 413 past the size cap, unread."""
+async def read_raw_body(request: Request) -> bytes:
+    """The body's bytes; 413 past the size cap, unread beyond it."""
     limit: int = request.app.state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -48,11 +48,17 @@ async def read_body(request: Request) -> dict[str, Any]:
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"Request body is larger than {limit} bytes")
+    return bytes(body)
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """The JSON object in the body ({} when empty); 413 past the size cap, unread."""
+    body = await read_raw_body(request)
     if not body.strip():
         return {}
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise ApiError(400, "Request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "Request body must be a JSON object")
@@ -98,7 +104,12 @@ def user_route(
         me = authenticate(request)
         if not request.app.state.user_limiter.allow(me):
             raise ApiError(429, "Too many requests; slow down")
-        body = await read_body(request) if reads_body else {}
+        if reads_body:
+            body = await read_body(request)
+        else:
+            # A GET has no use for a body, but the size cap holds for every route.
+            await read_raw_body(request)
+            body = {}
         check_claimed_user(me, body.get("userId", request.query_params.get("userId")))
         return ok(await handler(request, me, body))
 
@@ -173,7 +184,9 @@ async def left_behind_status(request: Request, me: str, body: dict[str, Any]) ->
 def parse_after(raw: str | None) -> int:
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or int(raw) > MAX_SEQ:
+    # isascii: str.isdigit() also takes "²" and other digits int() refuses or
+    # reads; the length bound keeps int() under Python's digit limit.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or int(raw) > MAX_SEQ:
         raise ApiError(400, "after must be a whole number >= 0")
     return int(raw)
 
@@ -186,10 +199,12 @@ async def list_events(request: Request, me: str, body: dict[str, Any]) -> dict[s
     return {"events": found, "lastSeq": last}
 
 
-def routes() -> list[Route]:
-    base = "/api/simple-matching"
-    return [
-        Route("/api/session", create_session, methods=["POST"]),
+def routes() -> list[BaseRoute]:
+    # One Mount for /api: a known path with the wrong method is then 405 (not
+    # a 404 from the static files mounted at /), an unknown /api path is 404.
+    base = "/simple-matching"
+    api = [
+        Route("/session", create_session, methods=["POST"]),
         Route(f"{base}/enqueue", user_route(enqueue, reads_body=True), methods=["POST"]),
         Route(f"{base}/leave", user_route(leave, reads_body=True), methods=["POST"]),
         Route(f"{base}/status", user_route(status, reads_body=False), methods=["GET"]),
@@ -211,3 +226,4 @@ def routes() -> list[Route]:
         ),
         Route(f"{base}/events", user_route(list_events, reads_body=False), methods=["GET"]),
     ]
+    return [Mount("/api", routes=api)]

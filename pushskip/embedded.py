@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger("pushskip.embedded")
 
@@ -123,7 +125,10 @@ class EmbeddedRedis:
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)
+        # No retries: each failed ping must come back at once, not after backoff.
+        client = redis.Redis(
+            unix_socket_path=str(self.socket_path), socket_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
         try:
             while time.monotonic() < deadline:
                 assert self.process is not None

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from pushskip.embedded import EmbeddedRedis
-from tests.helpers import run_server, make_settings
+from tests.helpers import make_settings, run_server
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 from redis.asyncio import Redis
 
 from pushskip import keys
 from pushskip.scripts import LOG_KEEP_MS
-from importlib import resources
 
 _BODY = "return append_event(ARGV[1], {type = ARGV[2]}, now_ms())"
 

@@ -65,7 +65,7 @@ async def test_hello_then_partner_skipped_live(http: httpx.AsyncClient, base_url
 
 async def test_replay_after_reconnect_exactly_once(http: httpx.AsyncClient, base_url: str) -> None:
     """An event missed while the socket was closed arrives on reconnect with after=, once."""
-    a, b, room = await matched_pair(http)
+    a, b, _ = await matched_pair(http)
     async with websockets.connect(ws_url(base_url, b)) as ws:
         hello = await recv_json(ws)
     await a.call("skip", {"requeue": False})

@@ -15,7 +15,7 @@ import websockets
 from redis.asyncio import Redis
 
 from pushskip.embedded import EmbeddedRedis
-from tests.helpers import app_process, make_settings, new_user, run_server
+from tests.helpers import User, app_process, make_settings, new_user, run_server
 from tests.lua_events import append_events
 from tests.tcp_proxy import DeafeningProxy
 from tests.test_ws import assert_silent, matched_pair, recv_json, ws_url
@@ -69,15 +69,15 @@ async def test_replay_live_seam_under_burst(
         total = len(first) + SEAM_BURST
         burst = asyncio.create_task(append_events(redis, user.id, SEAM_BURST))
 
-        async def tab() -> list[int]:
+        async def tab(user: User, logged: int, total: int) -> list[int]:
             async with websockets.connect(ws_url(base_url, user, after=0)) as ws:
                 hello = await recv_json(ws)
-                assert hello["lastSeq"] >= first[-1]
+                assert hello["lastSeq"] >= logged
                 seqs = await collect_seqs(ws, until=total)
                 await assert_silent(ws, 0.1)
                 return seqs
 
-        results = await asyncio.gather(tab(), tab(), tab())
+        results = await asyncio.gather(*(tab(user, first[-1], total) for _ in range(3)))
         await burst
         for seqs in results:
             assert seqs == list(range(1, total + 1))
