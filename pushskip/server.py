@@ -17,7 +17,6 @@ from starlette.applications import Starlette
 from pushskip.config import Settings
 from pushskip.ws import CLOSE_GOING_AWAY
 
-
 TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"']+")
 
 
