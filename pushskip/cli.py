@@ -1,4 +1,4 @@
-"""`pushskip serve` (and, later, `pushskip bench`)."""
+"""`pushskip serve` and `pushskip bench`."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    # uvicorn handles SIGTERM while it serves and re-raises it when done; this
-    # handler turns that (and a SIGTERM during start-up) into a normal exit,
-    # so the `finally` below stops the private Redis after everything else.
+    # uvicorn handles SIGTERM and SIGINT while it serves and re-raises them
+    # when done; these handlers turn that (and a signal during start-up) into
+    # a normal exit, so the `finally` below stops the private Redis last.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -67,10 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     p_serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p_serve.set_defaults(func=serve)
-    p_bench = sub.add_parser("bench", help="measure push vs polling, capacity and Redis cost")
+    p_bench = sub.add_parser(
+        "bench", help="measure push vs polling, capacity and Redis cost", add_help=False
+    )
     p_bench.set_defaults(func=bench)
-    p_bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    # The benchmark parses its own options (see `pushskip bench --help`).
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

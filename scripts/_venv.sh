@@ -14,8 +14,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 extras="${PUSHSKIP_EXTRAS:-}"
-stamp="$venv/.pushskip-installed"
-want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1) $extras"
+stamp="$venv/.pushskip-installed-${extras:-base}"
+want="$(sha256sum < pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing pushskip${extras:+[$extras]} into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2

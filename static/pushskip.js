@@ -1,0 +1,701 @@
+// pushskip.js: the browser client for a pushskip server. A dependency-free ES
+// module, no build step:
+//
+//   import { PushskipClient } from '/pushskip.js';
+//   const c = new PushskipClient({ baseUrl: location.origin, storage: sessionStorage });
+//   c.on('partner-skipped', (event, meta) => ...);
+//   await c.start();      // session (POST /api/session, or the stored one), then /ws
+//   await c.enqueue();
+//
+// Transport: a WebSocket first (/ws?token=...&after=<lastSeq>). While it is
+// down the client polls GET /api/simple-matching/events?after=<lastSeq> every
+// pollIntervalMs (from the server's hello, 500 ms by default) and reconnects
+// with exponential backoff and full jitter; once a new socket says hello,
+// polling stops. Events from either path go through one gate: de-duplicated
+// by seq and handed to handlers in seq order, each exactly once.
+//
+// State: 'idle' | 'waiting' | 'matched'. A snapshot (status call or hello)
+// describes the state after every event up to its lastSeq; events above it
+// change the state, events at or below it are only delivered. An action's
+// HTTP answer is applied only when nothing else changed the state while it was
+// in flight; otherwise the client asks GET status.
+
+/** Milliseconds on a clock shared by every tab of this machine (high resolution). */
+export const clock = () => performance.timeOrigin + performance.now();
+
+const STATUS = '/api/simple-matching/status';
+
+const DEFAULTS = {
+  baseUrl: undefined, // default: the page's origin
+  pollIntervalMs: 500, // until the server's hello says otherwise
+  keepAliveMs: 10_000, // re-enqueue while waiting (the server drops entries unseen for 30 s)
+  requeue: true, // skip() puts me back in the queue
+  autoRequeue: true, // partner skipped or left, and I still want a match: enqueue again
+  storage: null, // e.g. sessionStorage: keeps token, lastSeq and intent across reloads
+  storageKey: 'pushskip',
+  socket: true, // false: start with the socket off (polling only)
+  reconnectBaseMs: 500,
+  reconnectMaxMs: 15_000,
+  pollBackoffMaxMs: 5_000,
+  heartbeatMs: 15_000, // send {"type":"ping"} this often
+  heartbeatTimeoutMs: 10_000, // ...and drop a socket silent for heartbeatMs + this
+  requestTimeoutMs: 10_000,
+  startTimeoutMs: 3_000, // start() waits at most this long for the socket's hello
+  maxRetries: 4, // for 429 / 503 / network errors on idempotent calls
+};
+
+const EVENT_TYPES = ['matched', 'partner-skipped', 'partner-left'];
+
+export class PushskipError extends Error {
+  constructor(status, message, body = null) {
+    super(message);
+    this.name = 'PushskipError';
+    this.status = status; // HTTP status, 0 for a network failure or timeout
+    this.body = body;
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const roomOf = (match) => (match ? match.roomName : null);
+
+export class PushskipClient {
+  constructor(options = {}) {
+    this.options = { ...DEFAULTS, ...options };
+    const base = this.options.baseUrl ?? globalThis.location?.origin;
+    if (!base) throw new TypeError('PushskipClient: baseUrl is required outside a page');
+    this.baseUrl = String(base).replace(/\/+$/, '');
+
+    this.userId = null;
+    this.token = null;
+    this.lastSeq = 0; // highest seq delivered to handlers
+    this.state = 'idle';
+    this.match = null;
+    this.transport = 'offline'; // offline | connecting | websocket | polling
+    this.pollIntervalMs = this.options.pollIntervalMs;
+    this.socketEnabled = this.options.socket;
+    this.wantMatch = false; // the user pressed start/enqueue and has not left
+    this.started = false;
+
+    // Measurements, all on `clock()` (ms): for demos, tests and dashboards.
+    this.timings = {
+      lastSkip: null, // { roomName, sentAt, rttMs }
+      lastNotified: null, // { type, roomName, receivedAt, via, at }
+      httpRttMs: null, // smoothed HTTP round trip
+      lastPollAt: null,
+    };
+    this.stats = { delivered: 0, duplicates: 0, polls: 0, reconnects: 0, sessions: 0 };
+
+    this._handlers = new Map();
+    this._ws = null;
+    this._wsReady = false; // hello received on this._ws
+    this._wsAttempt = 0;
+    this._lastMessageAt = 0;
+    this._timers = {};
+    this._polling = false;
+    this._pollFailures = 0;
+    this._epoch = 0; // bumps whenever the state's source of truth moves
+    this._snapshotSeq = 0;
+    this._renewing = null;
+    this._enqueuing = null;
+    this._startPromise = null;
+    this._stopped = false;
+    this._load();
+  }
+
+  // ---- events -------------------------------------------------------------
+
+  /** on('matched' | 'partner-skipped' | 'partner-left' | 'event' | 'state' |
+   *  'transport' | 'session' | 'skip-sent' | 'log', fn). Returns an unsubscribe. */
+  on(type, fn) {
+    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
+    this._handlers.get(type).add(fn);
+    return () => this.off(type, fn);
+  }
+
+  off(type, fn) {
+    this._handlers.get(type)?.delete(fn);
+  }
+
+  _emit(type, ...args) {
+    for (const fn of [...(this._handlers.get(type) ?? [])]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        console.error(`pushskip: a '${type}' handler threw`, err);
+      }
+    }
+  }
+
+  _log(message, level = 'info') {
+    this._emit('log', { message, level, at: clock() });
+  }
+
+  // ---- lifecycle ----------------------------------------------------------
+
+  /** Gets a session (the stored one if still valid), reads the state, opens the socket. */
+  start() {
+    if (this._startPromise) return this._startPromise;
+    this._stopped = false;
+    this._startPromise = (async () => {
+      if (!this.token) await this._newSession(false);
+      else this._emit('session', { userId: this.userId, renewed: false, resumed: true });
+      await this.refresh(); // a 401 here (expired token) makes a new session
+      this.started = true;
+      this._startPolling(false); // first poll after one interval, unless the socket is up by then
+      this._connect();
+      await this._untilLive(this.options.startTimeoutMs);
+      this._timers.keepAlive = setInterval(() => this._keepAlive(), this.options.keepAliveMs);
+      this._listenToPage(true);
+      this._maybeRequeue();
+    })();
+    this._startPromise.catch(() => {
+      this._startPromise = null;
+    });
+    return this._startPromise;
+  }
+
+  /** Resolves once events flow: the socket said hello, or polling took over (or timeout). */
+  _untilLive(timeoutMs) {
+    if (this._wsReady || !this.socketEnabled || this.transport === 'polling') return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        off();
+        resolve();
+      };
+      const off = this.on('transport', ({ transport }) => {
+        if (transport === 'websocket' || transport === 'polling') done();
+      });
+      const timer = setTimeout(done, timeoutMs);
+    });
+  }
+
+  /** Closes the socket and stops every timer; the session stays stored. */
+  stop() {
+    this._stopped = true;
+    this.started = false;
+    this._startPromise = null;
+    for (const [name, id] of Object.entries(this._timers)) {
+      clearTimeout(id);
+      clearInterval(id);
+      delete this._timers[name];
+    }
+    this._stopPolling();
+    this._listenToPage(false);
+    this._dropSocket('client stopped');
+    this._setTransport('offline');
+  }
+
+  /** Hidden tabs get their timers throttled: catch up when the tab shows or the network returns. */
+  _listenToPage(on) {
+    if (typeof window === 'undefined') return;
+    if (!this._onPageEvent) {
+      this._onPageEvent = (e) => {
+        if (!this.started) return;
+        if (e.type === 'online' || document.visibilityState === 'visible') {
+          this._keepAlive();
+          if (!this._ws && this.socketEnabled) {
+            this._wsAttempt = 0;
+            this._connect();
+          }
+        }
+      };
+    }
+    const method = on ? 'addEventListener' : 'removeEventListener';
+    window[method]('online', this._onPageEvent);
+    document[method]('visibilitychange', this._onPageEvent);
+  }
+
+  /** Forgets the stored session (the next start() makes a new one). */
+  forget() {
+    this.stop();
+    this.options.storage?.removeItem(this.options.storageKey);
+    this.userId = this.token = null;
+    this.lastSeq = this._snapshotSeq = 0;
+    this.wantMatch = false;
+    this._setState('idle', null, 'forget');
+  }
+
+  /** Turns the WebSocket off (polling takes over at once) or back on (reconnects now). */
+  setSocketEnabled(enabled) {
+    enabled = Boolean(enabled);
+    if (enabled === this.socketEnabled) return;
+    this.socketEnabled = enabled;
+    if (!enabled) {
+      clearTimeout(this._timers.reconnect);
+      this._dropSocket('socket turned off');
+    } else {
+      this._wsAttempt = 0;
+      this._log('socket turned on: reconnecting');
+      this._connect();
+    }
+  }
+
+  // ---- actions ------------------------------------------------------------
+
+  /** Joins the queue (idempotent). Resolves to the server's answer. */
+  enqueue() {
+    this.wantMatch = true;
+    this._save();
+    if (this._enqueuing) return this._enqueuing;
+    this._enqueuing = this._action('enqueue', {}, true, (body) =>
+      body.status === 'matched' ? ['matched', body.match] : ['waiting', null],
+    ).finally(() => {
+      this._enqueuing = null;
+    });
+    return this._enqueuing;
+  }
+
+  /** Skips the partner. Resolves to the server's answer plus { sentAt, rttMs }. */
+  async skip({ requeue = this.options.requeue } = {}) {
+    if (!requeue) {
+      this.wantMatch = false;
+      this._save();
+    }
+    const roomName = roomOf(this.match);
+    const sentAt = clock();
+    const record = { roomName, sentAt, rttMs: null };
+    this.timings.lastSkip = record;
+    this._emit('skip-sent', { roomName, sentAt });
+    // Not retried on a network error: a skip that did reach the server may
+    // have matched us again at once, and a second skip would end that match.
+    const body = await this._action('skip', { requeue }, false, (answer) =>
+      answer.skipped ? [answer.status, answer.match] : null,
+    );
+    record.rttMs = clock() - sentAt;
+    return { ...body, sentAt, rttMs: record.rttMs };
+  }
+
+  /** Leaves the queue or the match (the partner gets partner-left). */
+  async leave() {
+    this.wantMatch = false;
+    this._save();
+    return this._action('leave', {}, true, () => ['idle', null]);
+  }
+
+  /** Reads GET status and takes it as the current state. */
+  async refresh() {
+    let body;
+    for (let i = 0; i < 3; i++) {
+      body = await this._request('GET', STATUS);
+      // Events newer than this answer arrived meanwhile: ask again.
+      if (body.lastSeq >= this.lastSeq) break;
+    }
+    this._applySnapshot(body.state, body.match, body.lastSeq, 'status');
+    return body;
+  }
+
+  async _action(name, payload, idempotent, toState) {
+    const epoch = this._epoch;
+    const body = await this._request('POST', `/api/simple-matching/${name}`, payload, {
+      idempotent,
+    });
+    const next = toState(body);
+    const same = next && next[0] === this.state && roomOf(next[1]) === roomOf(this.match);
+    if (next && (this._epoch === epoch || same)) {
+      this._setState(next[0], next[1], name);
+    } else {
+      await this.refresh().catch((err) => this._log(`status after ${name}: ${err.message}`, 'warn'));
+    }
+    return body;
+  }
+
+  _keepAlive() {
+    if (this.started && this.wantMatch && this.state === 'waiting') {
+      this.enqueue().catch((err) => this._log(`keep-alive enqueue: ${err.message}`, 'warn'));
+    }
+  }
+
+  _maybeRequeue() {
+    if (!this.options.autoRequeue || this._timers.requeue) return;
+    if (!this.started || this._stopped || !this.wantMatch || this.state !== 'idle') return;
+    this._timers.requeue = setTimeout(() => {
+      delete this._timers.requeue;
+      if (!this.started || !this.wantMatch || this.state !== 'idle') return;
+      this.enqueue().catch((err) => {
+        this._log(`re-enqueue failed (${err.message}); trying again`, 'warn');
+        this._timers.requeue = setTimeout(() => {
+          delete this._timers.requeue;
+          this._maybeRequeue();
+        }, 2_000);
+      });
+    }, 0);
+  }
+
+  // ---- state --------------------------------------------------------------
+
+  _setState(state, match, reason) {
+    const previous = this.state;
+    const previousRoom = roomOf(this.match);
+    this.state = state;
+    this.match = state === 'matched' ? match ?? null : null;
+    if (previous !== state || previousRoom !== roomOf(this.match)) {
+      this._emit('state', { state, match: this.match, previous, reason });
+    }
+    if (state === 'idle') this._maybeRequeue();
+  }
+
+  _applySnapshot(state, match, lastSeq, source) {
+    if (typeof lastSeq === 'number' && lastSeq < this.lastSeq) {
+      // The server's log is behind what we saw (its Redis lost data): follow it,
+      // or every new event would look like a duplicate.
+      this._log(`server log restarted at seq ${lastSeq} (we had ${this.lastSeq})`, 'warn');
+      this.lastSeq = lastSeq;
+      this._save();
+    }
+    this._snapshotSeq = lastSeq ?? this.lastSeq;
+    this._epoch++;
+    this._setState(state, match, source);
+  }
+
+  _applyEvent(event) {
+    if (event.type === 'matched') {
+      this._setState('matched', event.match, 'matched');
+    } else if (event.type === 'partner-skipped' || event.type === 'partner-left') {
+      // Only the room we are in ends; an old room's event changes nothing.
+      if (this.state === 'matched' && roomOf(this.match) === event.roomName) {
+        this._setState('idle', null, event.type);
+      }
+    }
+  }
+
+  /** The one gate every event passes: dedupe by seq, in order, exactly once. */
+  _ingest(events, via, receivedAt) {
+    const sorted = [...events].filter((e) => e && Number.isInteger(e.seq)).sort((a, b) => a.seq - b.seq);
+    for (const event of sorted) {
+      if (event.seq <= this.lastSeq) {
+        this.stats.duplicates++;
+        continue;
+      }
+      if (event.seq > this.lastSeq + 1) {
+        this._log(`events ${this.lastSeq + 1}..${event.seq - 1} are no longer in the server log`, 'warn');
+      }
+      this.lastSeq = event.seq;
+      this._save();
+      this.stats.delivered++;
+      this._epoch++;
+      const replay = event.seq <= this._snapshotSeq;
+      const meta = {
+        via,
+        receivedAt,
+        replay,
+        serverAgeMs: typeof event.at === 'number' ? Date.now() - event.at : null,
+      };
+      if (event.type === 'partner-skipped' || event.type === 'partner-left') {
+        this.timings.lastNotified = { type: event.type, roomName: event.roomName, receivedAt, via, at: event.at };
+      }
+      // State first, so handlers see it (c.state is 'matched' inside on('matched')).
+      if (!replay) this._applyEvent(event);
+      if (EVENT_TYPES.includes(event.type)) this._emit(event.type, event, meta);
+      this._emit('event', event, meta);
+    }
+  }
+
+  // ---- HTTP ---------------------------------------------------------------
+
+  async _request(method, path, body, { idempotent = true, retries = this.options.maxRetries, auth = true } = {}) {
+    let attempt = 0;
+    let renewed = false;
+    for (;;) {
+      if (auth && this._renewing) await this._renewing;
+      const token = this.token;
+      const t0 = clock();
+      let response;
+      try {
+        response = await this._fetch(method, path, body, auth ? token : null);
+      } catch (err) {
+        if (!idempotent || attempt >= retries) {
+          throw new PushskipError(0, `${method} ${path}: ${err.name === 'AbortError' ? 'timed out' : err.message}`);
+        }
+        await sleep(this._backoff(attempt++));
+        continue;
+      }
+      const rtt = clock() - t0;
+      this.timings.httpRttMs = this.timings.httpRttMs == null ? rtt : this.timings.httpRttMs * 0.8 + rtt * 0.2;
+      let data = null;
+      try {
+        data = await response.json();
+      } catch {
+        data = null;
+      }
+      if (response.ok && data && data.success !== false) return data;
+      const message = data?.error || `${response.status} ${response.statusText}`;
+      const status = response.status;
+      if (status === 401 && auth && !renewed) {
+        renewed = true;
+        await this._renewSession(token, message);
+        continue;
+      }
+      const retryable = status === 429 || status === 503 || (status >= 500 && idempotent);
+      if (retryable && attempt < retries) {
+        const wait = this._retryAfter(response) ?? this._backoff(attempt);
+        attempt++;
+        this._log(`${path.split('?')[0]}: ${status}, retrying in ${Math.round(wait)} ms`, 'warn');
+        await sleep(wait);
+        continue;
+      }
+      throw new PushskipError(status, message, data);
+    }
+  }
+
+  async _fetch(method, path, body, token) {
+    const headers = {};
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.options.requestTimeoutMs);
+    try {
+      return await fetch(this.baseUrl + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: 'no-store',
+        signal: controller.signal,
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  _backoff(attempt) {
+    // Full jitter: anywhere in [0, min(cap, base * 2^attempt)).
+    const cap = Math.min(this.options.reconnectMaxMs, this.options.reconnectBaseMs * 2 ** attempt);
+    return Math.random() * cap;
+  }
+
+  _retryAfter(response) {
+    const raw = response.headers.get('Retry-After');
+    const seconds = raw == null ? NaN : Number(raw);
+    return Number.isFinite(seconds) && seconds >= 0 ? Math.min(seconds * 1000, 30_000) : null;
+  }
+
+  // ---- session ------------------------------------------------------------
+
+  async _newSession(renewed, why = '') {
+    const body = await this._request('POST', '/api/session', undefined, { auth: false });
+    const previous = this.userId;
+    this.userId = body.userId;
+    this.token = body.token;
+    this.lastSeq = 0; // seq counts per user: a new user starts over
+    this._snapshotSeq = 0;
+    this.stats.sessions++;
+    this._save();
+    if (renewed) this._log(`session renewed (${why})`, 'warn');
+    this._emit('session', { userId: this.userId, previous, renewed, resumed: false });
+    if (renewed) {
+      this._epoch++;
+      this._setState('idle', null, 'session');
+      if (this._ws) this._dropSocket('new session');
+      if (this.started) this._connect();
+    }
+  }
+
+  /** One renewal at a time; a 401 for a token already replaced just retries. */
+  _renewSession(staleToken, why) {
+    if (this._renewing) return this._renewing;
+    if (staleToken !== this.token) return Promise.resolve();
+    this._renewing = this._newSession(true, why).finally(() => {
+      this._renewing = null;
+    });
+    return this._renewing;
+  }
+
+  _load() {
+    const storage = this.options.storage;
+    if (!storage) return;
+    try {
+      const saved = JSON.parse(storage.getItem(this.options.storageKey) || 'null');
+      if (saved && typeof saved.token === 'string') {
+        this.userId = saved.userId;
+        this.token = saved.token;
+        this.lastSeq = Number.isInteger(saved.lastSeq) ? saved.lastSeq : 0;
+        this.wantMatch = Boolean(saved.wantMatch);
+      }
+    } catch {
+      /* unreadable: start afresh */
+    }
+  }
+
+  _save() {
+    const storage = this.options.storage;
+    if (!storage || !this.token) return;
+    try {
+      storage.setItem(
+        this.options.storageKey,
+        JSON.stringify({ userId: this.userId, token: this.token, lastSeq: this.lastSeq, wantMatch: this.wantMatch }),
+      );
+    } catch {
+      /* storage full or blocked: the session just does not survive a reload */
+    }
+  }
+
+  // ---- transport ----------------------------------------------------------
+
+  _setTransport(transport, reason = '') {
+    if (transport === this.transport) return;
+    this.transport = transport;
+    this._emit('transport', { transport, reason });
+  }
+
+  _wsUrl() {
+    const url = new URL(this.baseUrl + '/ws');
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    url.searchParams.set('token', this.token);
+    url.searchParams.set('after', String(this.lastSeq));
+    return url.toString();
+  }
+
+  _connect() {
+    if (!this.started || this._stopped || !this.socketEnabled || this._ws || !this.token) return;
+    clearTimeout(this._timers.reconnect);
+    let ws;
+    try {
+      ws = new WebSocket(this._wsUrl());
+    } catch (err) {
+      this._onSocketGone(null, err.message);
+      return;
+    }
+    this._ws = ws;
+    this._wsReady = false;
+    this._lastMessageAt = clock();
+    if (this.transport !== 'polling') this._setTransport('connecting');
+    ws.onmessage = (e) => this._onSocketMessage(ws, e);
+    ws.onclose = (e) => {
+      if (this._ws === ws) this._onSocketGone(e.code, e.reason);
+    };
+    ws.onerror = () => {}; // a close event follows
+  }
+
+  _onSocketMessage(ws, e) {
+    const receivedAt = clock();
+    if (ws !== this._ws) return;
+    this._lastMessageAt = receivedAt;
+    let message;
+    try {
+      message = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    if (!message || typeof message !== 'object') return;
+    if (message.type === 'hello') {
+      this._wsReady = true;
+      this._wsAttempt = 0;
+      if (Number.isInteger(message.pollIntervalMs) && message.pollIntervalMs > 0) {
+        this.pollIntervalMs = message.pollIntervalMs;
+      }
+      this._stopPolling();
+      this._setTransport('websocket');
+      this._startHeartbeat();
+      this._applySnapshot(message.state, message.match, message.lastSeq, 'hello');
+    } else if (message.type === 'pong') {
+      // liveness only
+    } else if (Number.isInteger(message.seq)) {
+      this._ingest([message], 'websocket', receivedAt);
+    }
+  }
+
+  _onSocketGone(code, reason) {
+    this._ws = null;
+    this._wsReady = false;
+    clearInterval(this._timers.heartbeat);
+    if (this._stopped || !this.started) return;
+    this._log(`socket closed${code ? ` (${code}${reason ? `: ${reason}` : ''})` : reason ? ` (${reason})` : ''}`);
+    this._setTransport('polling', reason || String(code ?? ''));
+    this._startPolling(true);
+    if (code === 4401) {
+      this._renewSession(this.token, 'socket: bad token').catch(() => this._scheduleReconnect());
+    } else if (code === 4403) {
+      this._log('this origin may not open the socket: polling only', 'warn');
+    } else if (this.socketEnabled) {
+      this._scheduleReconnect();
+    }
+  }
+
+  _dropSocket(reason) {
+    const ws = this._ws;
+    if (!ws) return;
+    ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(1000, reason);
+    } catch {
+      /* already closing */
+    }
+    this._onSocketGone(null, reason);
+  }
+
+  _scheduleReconnect() {
+    clearTimeout(this._timers.reconnect);
+    const delay = this._backoff(this._wsAttempt);
+    this._wsAttempt = Math.min(this._wsAttempt + 1, 20);
+    this.stats.reconnects++;
+    this._log(`reconnecting in ${Math.round(delay)} ms`);
+    this._timers.reconnect = setTimeout(() => this._connect(), delay);
+  }
+
+  _startHeartbeat() {
+    clearInterval(this._timers.heartbeat);
+    this._timers.heartbeat = setInterval(() => {
+      const ws = this._ws;
+      if (!ws || !this._wsReady) return;
+      if (clock() - this._lastMessageAt > this.options.heartbeatMs + this.options.heartbeatTimeoutMs) {
+        this._dropSocket('no answer to pings');
+        return;
+      }
+      try {
+        ws.send('{"type":"ping"}');
+      } catch {
+        /* closing; onclose handles it */
+      }
+    }, this.options.heartbeatMs);
+  }
+
+  _startPolling(immediate) {
+    if (this._polling) {
+      if (immediate) this._schedulePoll(0);
+      return;
+    }
+    this._polling = true;
+    this._pollFailures = 0;
+    this._schedulePoll(immediate ? 0 : this.pollIntervalMs);
+  }
+
+  _stopPolling() {
+    this._polling = false;
+    clearTimeout(this._timers.poll);
+  }
+
+  _schedulePoll(delay) {
+    clearTimeout(this._timers.poll);
+    this._timers.poll = setTimeout(() => this._poll(), delay);
+  }
+
+  async _poll() {
+    if (!this._polling || this._stopped || this._wsReady) return;
+    const startedAt = clock();
+    let delay = this.pollIntervalMs;
+    try {
+      const after = this.lastSeq;
+      const body = await this._request('GET', `/api/simple-matching/events?after=${after}`, undefined, {
+        retries: 0,
+      });
+      const receivedAt = clock();
+      this.stats.polls++;
+      this.timings.lastPollAt = receivedAt;
+      this._pollFailures = 0;
+      if (Number.isInteger(body.lastSeq) && body.lastSeq < after && this.lastSeq > body.lastSeq) {
+        this._log(`server log restarted at seq ${body.lastSeq} (we had ${this.lastSeq})`, 'warn');
+        this.lastSeq = body.lastSeq;
+        this._save();
+      }
+      if (!this._wsReady) this._setTransport('polling');
+      this._ingest(body.events || [], 'polling', receivedAt);
+    } catch (err) {
+      this._pollFailures++;
+      delay = Math.min(this.options.pollBackoffMaxMs, this.pollIntervalMs * 2 ** this._pollFailures);
+      this._log(`poll failed (${err.message}); next in ${Math.round(delay)} ms`, 'warn');
+    }
+    if (this._polling && !this._wsReady) this._schedulePoll(Math.max(0, delay - (clock() - startedAt)));
+  }
+}
+
+export default PushskipClient;

@@ -1,0 +1,454 @@
+"""The demo page and static/pushskip.js in a real Chromium, against a real `pushskip serve`.
+
+Needs the `playwright` Python package and a Chromium binary (Debian's
+`chromium` at /usr/bin/chromium, or PUSHSKIP_CHROMIUM=/path). Playwright's own
+browser download is not used. Without a browser these tests skip, except
+under CI (the CI variable set), where they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from pushskip.embedded import EmbeddedRedis
+from tests.helpers import app_process
+
+try:
+    from playwright.async_api import (
+        Browser,
+        Page,
+        Route,
+        ViewportSize,
+        WebSocketRoute,
+        async_playwright,
+    )
+    from playwright.async_api import expect as pw_expect
+except ImportError:  # pragma: no cover - depends on the environment
+    async_playwright = None  # type: ignore[assignment]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+# A property of one pane's PushskipClient, through the page's test hook.
+CLIENT_PROP_JS = (
+    "([name, prop]) => window.pushskipDemo.panes.find(p => p.name === name).client[prop]"
+)
+
+
+def chromium_path() -> str | None:
+    configured = os.environ.get("PUSHSKIP_CHROMIUM")
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    for candidate in (
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def browser_unavailable() -> str | None:
+    if async_playwright is None:
+        return "the playwright Python package is not installed (pip install -e '.[test]')"
+    if chromium_path() is None:
+        return "no Chromium found (apt-get install chromium, or set PUSHSKIP_CHROMIUM)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium_executable() -> str:
+    reason = browser_unavailable()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"browser tests cannot run under CI: {reason}")
+        pytest.skip(f"browser tests skipped: {reason}")
+    path = chromium_path()
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(redis_server: EmbeddedRedis, chromium_executable: str) -> Iterator[str]:
+    """One real `pushskip serve` for the module; each test flushes Redis and uses new sessions."""
+    with app_process(redis_server.url) as (base, _proc):
+        yield base
+
+
+@pytest.fixture
+async def browser(chromium_executable: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def base(server: str, redis: Redis) -> str:
+    """The server's URL, with Redis flushed (the `redis` fixture) for this test."""
+    return server
+
+
+@contextlib.asynccontextmanager
+async def demo_page(
+    browser: Browser,
+    url: str,
+    *,
+    viewport: ViewportSize | None = None,
+    setup: Callable[[Page], Awaitable[Any]] | None = None,
+    http_errors_expected: bool = False,
+) -> AsyncIterator[Page]:
+    """A fresh browser context (own sessionStorage) with the demo loaded.
+
+    Fails on any JS error, and on any console error (such as an HTTP error
+    status) unless `http_errors_expected`.
+    """
+    context = await browser.new_context(viewport=viewport or {"width": 1180, "height": 900})
+    page = await context.new_page()
+    if setup is not None:
+        await setup(page)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    def on_console(msg: Any) -> None:
+        if msg.type != "error":
+            return
+        if http_errors_expected and msg.text.startswith("Failed to load resource"):
+            return
+        errors.append(msg.text)
+
+    page.on("console", on_console)
+    await page.goto(url)
+    await page.wait_for_function("window.pushskipDemo !== undefined")
+    try:
+        yield page
+    finally:
+        await context.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
+async def client_prop(page: Page, name: str, prop: str) -> Any:
+    return await page.evaluate(CLIENT_PROP_JS, [name, prop])
+
+
+def pane(page: Page, name: str) -> Any:
+    return page.locator(f'[data-pane="{name}"]')
+
+
+async def start_and_match(page: Page) -> tuple[str, str, str]:
+    """Start A then B; both show 'matched' with the other. Returns (idA, idB, room)."""
+    await pane(page, "A").locator("[data-action=start]").click()
+    await pw_expect(pane(page, "A").get_by_test_id("state")).to_have_attribute(
+        "data-state", "waiting"
+    )
+    await pane(page, "B").locator("[data-action=start]").click()
+    for name, other in (("A", "B"), ("B", "A")):
+        state = pane(page, name).get_by_test_id("state")
+        await pw_expect(state).to_have_attribute("data-state", "matched")
+        await pw_expect(state).to_contain_text(f"Matched with User {other}")
+    id_a = await pane(page, "A").get_attribute("data-user-id")
+    id_b = await pane(page, "B").get_attribute("data-user-id")
+    room_a = await pane(page, "A").get_attribute("data-room")
+    room_b = await pane(page, "B").get_attribute("data-room")
+    assert id_a and id_b and id_a != id_b
+    assert room_a and room_a == room_b
+    return id_a, id_b, room_a
+
+
+async def expect_transport(page: Page, name: str, transport: str) -> None:
+    await pw_expect(pane(page, name).get_by_test_id("transport")).to_have_attribute(
+        "data-transport", transport
+    )
+
+
+async def logged_seqs(page: Page, name: str) -> list[int]:
+    """The seq of every event line in a pane's log, oldest first."""
+    seqs = (
+        await pane(page, name)
+        .locator("[data-testid=log] li[data-seq]")
+        .evaluate_all("items => items.map(li => Number(li.dataset.seq))")
+    )
+    return list(reversed(seqs))
+
+
+async def latest_skip(page: Page, name: str) -> tuple[float, str]:
+    row = pane(page, name).locator("[data-testid=skips] li").first
+    await pw_expect(row).to_be_visible()
+    ms = float(await row.get_attribute("data-ms") or "nan")
+    via = await row.get_attribute("data-via") or ""
+    return ms, via
+
+
+async def test_two_panes_match_each_other(browser: Browser, base: str) -> None:
+    async with demo_page(browser, base + "/") as page:
+        assert await page.locator("[data-testid=pane]").count() == 2
+        await start_and_match(page)
+        await expect_transport(page, "A", "websocket")
+        await expect_transport(page, "B", "websocket")
+        for name in ("A", "B"):
+            assert await logged_seqs(page, name) == [1]
+            await pw_expect(pane(page, name).locator("[data-action=skip]")).to_be_enabled()
+
+
+async def test_skip_shows_partner_skipped_and_latency(browser: Browser, base: str) -> None:
+    async with demo_page(browser, base + "/") as page:
+        await start_and_match(page)
+        await expect_transport(page, "B", "websocket")
+        await pane(page, "A").locator("[data-action=skip]").click()
+
+        state_b = pane(page, "B").get_by_test_id("state")
+        await pw_expect(state_b).to_contain_text("Partner skipped")
+        await pw_expect(state_b).to_contain_text("finding a new match")
+        ms, via = await latest_skip(page, "B")
+        print(f"skip -> notified over the WebSocket: {ms:.1f} ms")
+        assert via == "websocket"
+        # Pushed: far below what 500 ms polling gives on average (~250 ms).
+        assert 0 <= ms < 200, ms
+        row_text = await pane(page, "B").locator("[data-testid=skips] li").first.inner_text()
+        assert "ms" in row_text and "A skipped" in row_text
+        await pw_expect(pane(page, "B").get_by_test_id("polling-estimate")).to_contain_text("≈")
+        log_b = pane(page, "B").get_by_test_id("log")
+        await pw_expect(log_b.locator('li[data-type="partner-skipped"]')).to_have_count(1)
+        # Both were re-queued; the rematch cooldown keeps them apart.
+        await pw_expect(pane(page, "A").get_by_test_id("state")).to_have_attribute(
+            "data-state", "waiting"
+        )
+        assert await logged_seqs(page, "B") == [1, 2]
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "demo-after-skip.png"), full_page=True)
+        await pw_expect(pane(page, "A").get_by_test_id("log")).to_contain_text("partner notified")
+
+
+async def test_polling_fallback_while_socket_is_down(browser: Browser, base: str) -> None:
+    async with demo_page(browser, base + "/") as page:
+        await start_and_match(page)
+        await expect_transport(page, "B", "websocket")
+        await pane(page, "B").locator("[data-action=drop-socket]").check()
+        await expect_transport(page, "B", "polling")
+
+        started = time.monotonic()
+        await pane(page, "A").locator("[data-action=skip]").click()
+        await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text(
+            "Partner skipped", timeout=1500
+        )
+        seen_after = time.monotonic() - started
+        ms, via = await latest_skip(page, "B")
+        print(
+            f"skip -> notified by polling: {ms:.1f} ms (seen by the test after {seen_after:.2f} s)"
+        )
+        assert via == "polling"
+        assert 0 <= ms < 1000, ms  # 500 ms polling: worst case one interval plus a request
+        assert seen_after < 1.5, seen_after
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "demo-polling-fallback.png"), full_page=True)
+
+        # The socket comes back: resumes after lastSeq, polling stops, nothing twice.
+        await pane(page, "B").locator("[data-action=drop-socket]").uncheck()
+        await expect_transport(page, "B", "websocket")
+        await page.wait_for_timeout(300)  # a poll in flight when the socket came back lands
+        polls = (await client_prop(page, "B", "stats"))["polls"]
+        await page.wait_for_timeout(1200)  # time for duplicates or stray polls to show
+        stats = await client_prop(page, "B", "stats")
+        assert stats["polls"] == polls, "polling went on after the socket came back"
+        assert await logged_seqs(page, "B") == [1, 2]
+        assert stats["delivered"] == 2
+        await pw_expect(
+            pane(page, "B").get_by_test_id("log").locator('li[data-type="partner-skipped"]')
+        ).to_have_count(1)
+
+
+async def test_reload_resumes_from_last_seq(browser: Browser, base: str) -> None:
+    async with demo_page(browser, base + "/") as page:
+        id_a, id_b, _room = await start_and_match(page)
+        token_a = await page.evaluate("JSON.parse(sessionStorage.getItem('pushskip-demo:A')).token")
+        stored_b = await page.evaluate("JSON.parse(sessionStorage.getItem('pushskip-demo:B'))")
+        assert stored_b["userId"] == id_b and stored_b["lastSeq"] == 1
+
+        # Away from the page (same tab, so sessionStorage stays), A skips B.
+        await page.goto("about:blank")
+        async with httpx.AsyncClient(base_url=base) as http:
+            got = await http.post(
+                "/api/simple-matching/skip",
+                json={"requeue": False},
+                headers={"Authorization": f"Bearer {token_a}"},
+            )
+        assert got.status_code == 200 and got.json()["skipped"] is True, got.text
+
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        await page.goto(base + "/")
+        await page.wait_for_function("window.pushskipDemo !== undefined")
+        await pw_expect(pane(page, "B").get_by_test_id("user-id")).to_have_text(id_b)
+        await pw_expect(pane(page, "A").get_by_test_id("user-id")).to_have_text(id_a)
+        await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text("Partner skipped")
+        await expect_transport(page, "B", "websocket")
+        assert any(stored_b["token"] in url and "after=1" in url for url in sockets), sockets
+        _ms, via = await latest_skip(page, "B")
+        assert via == "websocket, on resume"
+        # The log survived the reload, and each event shows once.
+        assert await logged_seqs(page, "B") == [1, 2]
+        stats = await client_prop(page, "B", "stats")
+        assert stats["delivered"] == 1  # only seq 2 was new to this page load
+        await page.reload()
+        await page.wait_for_function("window.pushskipDemo !== undefined")
+        await expect_transport(page, "B", "websocket")
+        await page.wait_for_timeout(300)
+        assert await logged_seqs(page, "B") == [1, 2]
+        assert (await client_prop(page, "B", "stats"))["delivered"] == 0
+
+
+async def test_one_user_per_tab(browser: Browser, base: str) -> None:
+    """?panes=1: two tabs of one browser are two users (sessionStorage is per tab)."""
+    context = await browser.new_context()
+    try:
+        tabs = [await context.new_page(), await context.new_page()]
+        for tab in tabs:
+            await tab.goto(base + "/?panes=1")
+            assert await tab.locator("[data-testid=pane]").count() == 1
+            await tab.locator("[data-action=start]").click()
+        for tab in tabs:
+            await pw_expect(tab.get_by_test_id("state")).to_have_attribute("data-state", "matched")
+        ids = [await tab.locator("[data-pane=A]").get_attribute("data-user-id") for tab in tabs]
+        assert ids[0] != ids[1]
+        await tabs[0].locator("[data-action=skip]").click()
+        await pw_expect(tabs[1].get_by_test_id("state")).to_contain_text("Partner skipped")
+        ms, via = await latest_skip(tabs[1], "A")
+        assert via == "websocket" and ms < 1000
+    finally:
+        await context.close()
+
+
+async def test_phone_layout_has_no_horizontal_scroll(browser: Browser, base: str) -> None:
+    async with demo_page(browser, base + "/", viewport={"width": 375, "height": 812}) as page:
+        await start_and_match(page)
+        await pane(page, "A").locator("[data-action=skip]").click()
+        await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text("Partner skipped")
+        await latest_skip(page, "B")
+        widths = await page.evaluate(
+            "({scroll: document.documentElement.scrollWidth,"
+            " client: document.documentElement.clientWidth,"
+            " body: document.body.scrollWidth})"
+        )
+        assert widths["client"] == 375
+        assert widths["scroll"] <= widths["client"], widths
+        assert widths["body"] <= widths["client"], widths
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "demo-phone.png"), full_page=True)
+
+
+async def test_server_closed_socket_reconnects_with_after(browser: Browser, base: str) -> None:
+    """The server closes B's socket (1001): B polls, reconnects on its own with after=lastSeq."""
+    routes: list[WebSocketRoute] = []
+
+    def proxy(route: WebSocketRoute) -> None:
+        route.connect_to_server()  # a pass-through we can close from the "server" side
+        routes.append(route)
+
+    async with demo_page(
+        browser, base + "/", setup=lambda page: page.route_web_socket("**/ws?*", proxy)
+    ) as page:
+        await start_and_match(page)
+        await expect_transport(page, "B", "websocket")
+        token_b = await page.evaluate("JSON.parse(sessionStorage.getItem('pushskip-demo:B')).token")
+        first = [r for r in routes if token_b in r.url]
+        assert len(first) == 1
+        await first[0].close(code=1001, reason="Server shutting down; reconnect with after=")
+        await expect_transport(page, "B", "polling")
+        await expect_transport(page, "B", "websocket")  # backoff: attempt 0 waits < 0.5 s
+        again = [r for r in routes if token_b in r.url]
+        assert len(again) == 2 and "after=1" in again[1].url, [r.url for r in again]
+        await pane(page, "A").locator("[data-action=skip]").click()
+        await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text("Partner skipped")
+        _, via = await latest_skip(page, "B")
+        assert via == "websocket"
+        assert await logged_seqs(page, "B") == [1, 2]
+        await pw_expect(pane(page, "B").get_by_test_id("log")).to_contain_text("reconnecting in")
+
+
+async def test_client_handles_401_429_503_and_keeps_waiting_alive(
+    browser: Browser, base: str
+) -> None:
+    """A stale token gets a new session; 429 and 503 are retried; waiting re-enqueues."""
+    async with demo_page(browser, base + "/?panes=1", http_errors_expected=True) as page:
+        await page.evaluate(
+            """sessionStorage.setItem('pushskip-demo:A', JSON.stringify(
+                {userId: 'u_gone', token: 'not-a-valid-token', lastSeq: 7, wantMatch: false}))"""
+        )
+        answers = [(429, {"Retry-After": "0"}), (503, {})]
+        enqueue_calls: list[int] = []
+
+        async def flaky_enqueue(route: Route) -> None:
+            enqueue_calls.append(len(enqueue_calls))
+            if answers:
+                status, headers = answers.pop(0)
+                await route.fulfill(
+                    status=status,
+                    headers={"Content-Type": "application/json", **headers},
+                    body='{"success": false, "error": "try again"}',
+                )
+            else:
+                await route.continue_()
+
+        await page.route("**/api/simple-matching/enqueue", flaky_enqueue)
+        await page.reload()
+        await page.wait_for_function("window.pushskipDemo !== undefined")
+        user_id = pane(page, "A").get_by_test_id("user-id")
+        await pw_expect(user_id).to_have_text(re.compile(r"^u_"))
+        await pw_expect(user_id).not_to_have_text("u_gone")
+        await expect_transport(page, "A", "websocket")
+        assert await client_prop(page, "A", "lastSeq") == 0
+        await pane(page, "A").locator("[data-action=start]").click()
+        await page.wait_for_function(
+            "window.pushskipDemo.panes[0].client.state === 'waiting'", timeout=5000
+        )
+        assert len(enqueue_calls) == 3  # 429, 503, then the real one
+        await pw_expect(pane(page, "A").get_by_test_id("log")).to_contain_text("retrying in")
+
+        # Keep-alive: a client that waits re-enqueues (every 10 s by default; 150 ms here).
+        # A leaves first, so the extra client below has nobody to match and keeps waiting.
+        await pane(page, "A").locator("[data-action=leave]").click()
+        await page.wait_for_function("window.pushskipDemo.panes[0].client.state === 'idle'")
+        count = await page.evaluate(
+            """async () => {
+                const { PushskipClient } = await import('/pushskip.js');
+                const c = new PushskipClient({ keepAliveMs: 150 });
+                let calls = 0;
+                const realFetch = window.fetch;
+                window.fetch = (url, init) => {
+                    if (String(url).endsWith('/enqueue')) calls++;
+                    return realFetch(url, init);
+                };
+                try {
+                    await c.start();
+                    await c.enqueue();
+                    await new Promise(r => setTimeout(r, 700));
+                    return { calls, state: c.state };
+                } finally {
+                    c.stop();
+                    window.fetch = realFetch;
+                }
+            }"""
+        )
+        assert count["state"] == "waiting" and count["calls"] >= 3, count
