@@ -141,6 +141,10 @@ class Hub:
         return self._ready.is_set()
 
     @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
     def subscribers(self) -> list[Subscriber]:
         return [s for subs in self._users.values() for s in subs]
 

@@ -137,7 +137,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         async with state.hub.subscribe(user_id) as sub:
             await serve(websocket, sub, after)
     except HubUnavailable as exc:
-        await close_quietly(websocket, CLOSE_TRY_AGAIN, f"Live events unavailable: {exc}")
+        if state.hub.closing:
+            await close_quietly(websocket, CLOSE_GOING_AWAY, "Server shutting down")
+        else:
+            await close_quietly(websocket, CLOSE_TRY_AGAIN, f"Live events unavailable: {exc}")
     except RedisError:
         await close_quietly(websocket, CLOSE_TRY_AGAIN, "Redis is unreachable")
 
