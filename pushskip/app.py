@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,6 +30,7 @@ from pushskip.store import Store
 logger = logging.getLogger("pushskip.app")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+REDIS_POOL_SIZE = 64
 # New sessions per client address: generous, as a page may open several.
 SESSION_RATE_FACTOR = 5
 
@@ -68,12 +69,17 @@ def redis_clients(settings: Settings) -> tuple[Redis, Redis]:
     if not settings.redis_url:
         raise ValueError("Settings.redis_url is required (the CLI starts a private server)")
     timeout = settings.redis_timeout_s
-    commands = Redis.from_url(
+    # A burst waits (up to the timeout) for one of a bounded set of
+    # connections; redis-py's default pool fails the 101st concurrent command.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=timeout,
         decode_responses=True,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
     )
+    commands = Redis.from_pool(pool)
     pubsub = Redis.from_url(
         settings.redis_url,
         decode_responses=True,

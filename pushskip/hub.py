@@ -44,7 +44,7 @@ from pushskip.metrics import Metrics
 
 logger = logging.getLogger("pushskip.hub")
 
-# Markers a subscriber's queue may hold besides events.
+# Markers a subscriber's mailbox may hold besides events.
 RESYNC: Final = "resync"  # read the log from the last sent seq: live events may be missing
 PONG: Final = "pong"  # answer an application-level ping
 Item = RawEvent | str
@@ -59,42 +59,73 @@ class HubUnavailable(Exception):
 
 
 class Subscriber:
-    """One socket's place in the hub: a bounded queue and the reason it must close."""
+    """One socket's place in the hub: a bounded mailbox and the reason it must close.
 
-    def __init__(self, user_id: str, queue_size: int, slow_send_s: float) -> None:
+    Kept small on purpose (a list and one future made only while the writer
+    waits, instead of an asyncio.Queue and an Event): a process holds one per
+    open socket, and idle sockets are most of them.
+    """
+
+    __slots__ = (
+        "_items",
+        "_waiter",
+        "close_code",
+        "limit",
+        "sending_since",
+        "slow_send_s",
+        "user_id",
+    )
+
+    def __init__(self, user_id: str, limit: int, slow_send_s: float) -> None:
         self.user_id = user_id
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
+        self.limit = limit
         self.slow_send_s = slow_send_s
         # Loop time at which the socket's current send began; None when idle.
         self.sending_since: float | None = None
         self.close_code: int | None = None
-        self.must_close = asyncio.Event()
+        self._items: list[Item] = []
+        self._waiter: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
-        return f"Subscriber(user_id={self.user_id!r}, queued={self.queue.qsize()})"
+        return f"Subscriber(user_id={self.user_id!r}, queued={len(self._items)})"
 
     def offer(self, item: Item) -> None:
-        """Queue an item without waiting; a full queue is handled as the module says."""
-        if self.must_close.is_set():
+        """Queue an item without waiting; a full mailbox is handled as the module says."""
+        if self.close_code is not None:
             return
-        try:
-            self.queue.put_nowait(item)
-            return
-        except asyncio.QueueFull:
-            pass
-        started = self.sending_since
-        if started is not None and asyncio.get_running_loop().time() - started > self.slow_send_s:
-            self.close(1013)
-            return
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        # Every dropped event is in the log; a dropped pong is answered at the next ping.
-        self.queue.put_nowait(RESYNC)
+        if len(self._items) < self.limit:
+            self._items.append(item)
+        else:
+            started = self.sending_since
+            loop = asyncio.get_running_loop()
+            if started is not None and loop.time() - started > self.slow_send_s:
+                self.close(1013)
+                return
+            # Every dropped event is in the log; a dropped pong is answered at the next ping.
+            self._items = [RESYNC]
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the writer waiting in `next()`."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self) -> Item | None:
+        """The oldest queued item; None when woken with nothing queued (look at close_code)."""
+        if not self._items and self.close_code is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0) if self._items else None
 
     def close(self, code: int) -> None:
+        """Ask the socket to close with `code`; its writer stops after its current send."""
         if self.close_code is None:
             self.close_code = code
-        self.must_close.set()
+        self.wake()
 
 
 class Hub:

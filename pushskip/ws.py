@@ -63,6 +63,11 @@ class Connection:
         self.redis = state.redis
         self.metrics = state.metrics
         self.loop = asyncio.get_running_loop()
+        self.peer_gone = False
+
+    def on_reader_done(self, _: object) -> None:
+        self.peer_gone = True
+        self.sub.wake()
 
     async def send(self, text: str) -> None:
         # The hub reads sending_since to tell a stuck reader from a busy one.
@@ -85,9 +90,9 @@ class Connection:
                 return
 
     async def write(self) -> None:
-        queue = self.sub.queue
-        while True:
-            item = await queue.get()
+        sub = self.sub
+        while sub.close_code is None and not self.peer_gone:
+            item = await sub.next()
             if item == PONG:
                 await self.send('{"type":"pong"}')
             elif item == RESYNC:
@@ -102,14 +107,17 @@ class Connection:
 
     async def read(self) -> None:
         while True:
-            text = await self.websocket.receive_text()
-            if len(text) > MAX_CLIENT_MESSAGE:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if not text or len(text) > MAX_CLIENT_MESSAGE:
                 continue
             try:
-                message = json.loads(text)
+                data = json.loads(text)
             except ValueError:
                 continue
-            if isinstance(message, dict) and message.get("type") == "ping":
+            if isinstance(data, dict) and data.get("type") == "ping":
                 self.sub.offer(PONG)
 
 
@@ -146,6 +154,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 async def serve(websocket: WebSocket, sub: Subscriber, after: int | None) -> None:
+    """Run one socket until the client leaves or the hub asks it to close.
+
+    The writer runs in this task; one reader task answers pings and notices the
+    client leaving. A writer stuck on a slow reader needs no cancelling: the
+    close frame could not pass before its send anyway, and the heartbeat
+    drops a client that never reads again.
+    """
     state = websocket.app.state
     status = await state.store.status(sub.user_id)
     last_seq = status["lastSeq"]
@@ -163,27 +178,23 @@ async def serve(websocket: WebSocket, sub: Subscriber, after: int | None) -> Non
         }
     )
     conn = Connection(websocket, sub, start)
-    await conn.send_from_log()
+    reader = asyncio.create_task(conn.read())
+    reader.add_done_callback(conn.on_reader_done)
     state.metrics.sockets.inc()
-    tasks = [
-        asyncio.create_task(conn.write()),
-        asyncio.create_task(conn.read()),
-        asyncio.create_task(sub.must_close.wait()),
-    ]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await conn.send_from_log()
+        await conn.write()
+    except RedisError:
+        sub.close(CLOSE_TRY_AGAIN)
+    except WebSocketDisconnect:
+        pass
     finally:
         state.metrics.sockets.dec()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
-                await task
-    writer = tasks[0]
-    writer_failed = writer.done() and not writer.cancelled() and writer.exception()
-    if sub.close_code is None and isinstance(writer_failed, RedisError):
-        sub.close(CLOSE_TRY_AGAIN)
-    if sub.close_code is not None:
+        reader.remove_done_callback(conn.on_reader_done)
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+    if sub.close_code is not None and not conn.peer_gone:
         if sub.close_code == CLOSE_TRY_AGAIN:
             state.metrics.slow_closes.inc()
             reason = "Too slow a reader; poll events?after= and reconnect"

@@ -384,3 +384,16 @@ def test_parse_after_rejects_anything_else_with_400(raw: str) -> None:
     with pytest.raises(ApiError) as info:
         parse_after(raw)
     assert info.value.status == 400
+
+
+def test_cached_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token verified (and remembered) while fresh is rejected once past its ttl."""
+    signer = TokenSigner("s3cret", ttl_s=60)
+    token = signer.sign(new_user_id())
+    signer.verify(token)
+    now = time.time()
+    monkeypatch.setattr("pushskip.auth.time.time", lambda: now + 61)
+    with pytest.raises(InvalidToken, match="expired"):
+        signer.verify(token)
+    with pytest.raises(InvalidToken, match="expired"):
+        signer.verify(token)

@@ -1,0 +1,420 @@
+"""Skip -> partner notified: pairs, a paced Poisson load of skips, and the join.
+
+Each pair is a *receiver* (its partner socket on /ws, or a client polling
+`events?after=` every 500 ms, in the listener process) and a *skipper* (HTTP
+only, from this process). A skip is `POST /api/simple-matching/skip
+{"requeue": false}` by the skipper; its latency runs from just before the
+request is written to the moment the receiver's client has the
+`partner-skipped` event. Both users then go back to an idle pool and are
+re-paired at once with *another* partner (the server's rematch cooldown
+forbids the same two for PUSHSKIP_REMATCH_COOLDOWN_S; the bench keeps its own
+copy of that rule), so every pair is skippable again within milliseconds.
+
+Re-pairing uses the same enqueue Lua script as `POST enqueue`, sent straight
+to Redis in one pipeline (receiver, then skipper: with an otherwise empty
+queue the second call pairs them), so the app process spends its CPU on the
+skip path being measured. Without access to Redis it falls back to the HTTP
+route, one pair at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from pushskip.bench.httpc import HttpError, HttpPool
+from pushskip.bench.procs import CpuMeter
+from pushskip.bench.stats import Sent, join
+from pushskip.store import new_room_name
+
+if TYPE_CHECKING:
+    from pushskip.bench.runner import Bench
+
+SKIP_PATH = "/api/simple-matching/skip"
+SKIP_BODY = b'{"requeue":false}'
+STALE_MS = str(3600 * 1000)
+COOLDOWN_MARGIN_S = 0.25
+PAIR_BATCH = 500
+PAIR_COALESCE_S = 0.005
+
+User = tuple[str, str]  # (userId, token)
+
+
+async def paced(
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    fire: Callable[[int, bool], Coroutine[Any, Any, None]],
+    *,
+    rng: random.Random,
+    on_tick: Callable[[float], None] | None = None,
+    max_inflight: int = 20_000,
+    drain_s: float = 30.0,
+) -> dict[str, Any]:
+    """Open-loop Poisson arrivals: fire(t_sched_ns, measured) at each, never waiting for one."""
+    loop = asyncio.get_running_loop()  # loop.time() is time.monotonic(): same clock as monotonic_ns
+    start = loop.time() + 0.02
+    measure_from = start + warmup_s
+    end = measure_from + duration_s
+    tasks: set[asyncio.Task[None]] = set()
+    arrivals = overflow = 0
+    t = start
+    last_tick = start
+    while True:
+        t += rng.expovariate(rate)
+        if t >= end:
+            break
+        delay = t - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(tasks) >= max_inflight:
+            overflow += 1
+            continue
+        measured = t >= measure_from
+        arrivals += measured
+        task = asyncio.create_task(fire(int(t * 1e9), measured))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if on_tick is not None and t - last_tick > 0.25:
+            last_tick = t
+            on_tick(t - start)
+    still = len(tasks)
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=drain_s)
+    unfinished = len(tasks)
+    for task in list(tasks):
+        task.cancel()
+    return {
+        "arrivals": arrivals,
+        "overflow": overflow,
+        "in_flight_at_end": still,
+        "unfinished": unfinished,
+        "window_s": duration_s,
+    }
+
+
+class RedisPairer:
+    """Pairs (receiver, skipper) with the enqueue script, many pairs per pipeline."""
+
+    def __init__(self, redis_url: str) -> None:
+        from pushskip.bench.resp import Resp
+
+        self.resp = Resp(redis_url)
+        self.sha: dict[str, str] = {}
+
+    async def _sha(self, name: str) -> str:
+        from pushskip.scripts import source
+
+        if name not in self.sha:
+            (sha,) = await self.resp.pipeline([["SCRIPT", "LOAD", source(name)]])
+            self.sha[name] = sha
+        return self.sha[name]
+
+    async def pair(self, plan: list[tuple[User, User]]) -> list[str | None]:
+        sha = await self._sha("enqueue")
+        commands: list[list[Any]] = []
+        for r, s in plan:
+            commands.append(["EVALSHA", sha, 0, r[0], new_room_name(), STALE_MS])
+            commands.append(["EVALSHA", sha, 0, s[0], new_room_name(), STALE_MS])
+        replies = await self.resp.pipeline(commands)
+        rooms: list[str | None] = []
+        for i, (r, _) in enumerate(plan):
+            first, second = replies[2 * i], replies[2 * i + 1]
+            room = None
+            if (
+                isinstance(first, list)
+                and first[0] == "waiting"
+                and isinstance(second, list)
+                and second[0] == "matched"
+            ):
+                match = json.loads(second[1])
+                if match.get("partnerId") == r[0]:
+                    room = match["roomName"]
+            rooms.append(room)
+        return rooms
+
+    async def unpair(self, users: list[User]) -> None:
+        sha = await self._sha("leave")
+        await self.resp.pipeline([["EVALSHA", sha, 0, u[0]] for u in users])
+
+    async def close(self) -> None:
+        await self.resp.close()
+
+
+class HttpPairer:
+    """The fallback: `POST enqueue` for the receiver, then for the skipper, one pair at a time."""
+
+    def __init__(self, pool: HttpPool) -> None:
+        self.pool = pool
+        self.lock = asyncio.Lock()
+
+    async def pair(self, plan: list[tuple[User, User]]) -> list[str | None]:
+        rooms: list[str | None] = []
+        async with self.lock:
+            for r, s in plan:
+                room = None
+                try:
+                    _, b1 = await self.pool.request(
+                        "POST", "/api/simple-matching/enqueue", token=r[1], body=b"{}"
+                    )
+                    _, b2 = await self.pool.request(
+                        "POST", "/api/simple-matching/enqueue", token=s[1], body=b"{}"
+                    )
+                    first, second = json.loads(b1), json.loads(b2)
+                    if (
+                        first.get("status") == "waiting"
+                        and second.get("status") == "matched"
+                        and second["match"]["partnerId"] == r[0]
+                    ):
+                        room = second["match"]["roomName"]
+                except (HttpError, ValueError, KeyError):
+                    pass
+                rooms.append(room)
+        return rooms
+
+    async def close(self) -> None:
+        self.pool.close()
+
+    async def unpair(self, users: list[User]) -> None:
+        async with self.lock:
+            for u in users:
+                with contextlib.suppress(HttpError):
+                    await self.pool.request(
+                        "POST", "/api/simple-matching/leave", token=u[1], body=b"{}"
+                    )
+
+
+class Scenario:
+    """P receivers and P skippers against one app, re-paired with rotating partners."""
+
+    def __init__(
+        self,
+        bench: Bench,
+        *,
+        name: str,
+        base: str,
+        ws_url: str,
+        pairs: int,
+        transport: str,
+        app_pid: int | None,
+        seed: int = 1,
+    ) -> None:
+        self.bench = bench
+        self.name = name
+        self.base = base
+        self.ws_url = ws_url
+        self.n = pairs
+        self.transport = transport
+        self.app_pid = app_pid
+        self.rng = random.Random(seed)
+        self.pool = HttpPool(base, size=256)
+        self.pairer: RedisPairer | HttpPairer = (
+            RedisPairer(bench.redis_url)
+            if bench.redis_url is not None
+            else HttpPairer(HttpPool(base, 8))
+        )
+        self.receivers: list[User] = []
+        self.skippers: list[User] = []
+        self.idle_r: collections.deque[int] = collections.deque()
+        self.idle_s: collections.deque[int] = collections.deque()
+        self.cooldown: dict[tuple[int, int], float] = {}
+        self.cooldown_s = bench.cfg.cooldown_s + COOLDOWN_MARGIN_S
+        self.matched: list[int] = []  # skippers in a match
+        self.where: dict[int, int] = {}  # skipper -> index in matched
+        self.partner: dict[int, tuple[int, str]] = {}  # skipper -> (receiver, room)
+        self.sent: dict[tuple[int, str], Sent] = {}
+        self.dropped = 0
+        self.pair_failures = 0
+        self.skip_failures: collections.Counter[str] = collections.Counter()
+        self._wake = asyncio.Event()
+        self._pair_task: asyncio.Task[None] | None = None
+
+    # ---- setup / teardown ----------------------------------------------------------------
+    async def setup(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        self.receivers = await self.bench.sessions(self.base, self.n)
+        self.skippers = await self.bench.sessions(self.base, self.n)
+        listener = self.bench.listener
+        if self.transport == "ws":
+            got = await listener.call(
+                "ws_connect",
+                url=self.ws_url,
+                users=[[i, f"token={tok}"] for i, (_, tok) in enumerate(self.receivers)],
+            )
+            if got["failed"]:
+                raise RuntimeError(f"{got['failed']} of {self.n} sockets failed: {got['errors']}")
+        else:
+            got = await listener.call(
+                "poll_start",
+                base=self.base,
+                interval_s=self.bench.cfg.poll_interval_s,
+                users=[[i, tok] for i, (_, tok) in enumerate(self.receivers)],
+            )
+            if got["failed"]:
+                raise RuntimeError(f"{got['failed']} pollers failed: {got['errors']}")
+        self.idle_r.extend(range(self.n))
+        self.idle_s.extend(range(self.n))
+        self._pair_task = asyncio.create_task(self._pair_loop())
+        self._wake.set()
+        deadline = time.monotonic() + 60
+        while len(self.matched) < self.n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(self.matched)} of {self.n} pairs formed")
+            await asyncio.sleep(0.02)
+        return {"setup_s": round(time.monotonic() - t0, 2)}
+
+    async def teardown(self) -> None:
+        if self._pair_task:
+            self._pair_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pair_task
+        await self.bench.listener.call("close_all")
+        self.pool.close()
+        await self.pairer.close()
+
+    # ---- pairing ---------------------------------------------------------------------------
+    def _plan(self, now: float) -> list[tuple[int, int]]:
+        plan: list[tuple[int, int]] = []
+        blocked: list[int] = []
+        while self.idle_r and self.idle_s and len(plan) < PAIR_BATCH:
+            r = self.idle_r.popleft()
+            chosen = None
+            for i, s in enumerate(itertools.islice(self.idle_s, 64)):
+                until = self.cooldown.get((r, s))
+                if until is None or until <= now:
+                    chosen = i
+                    break
+            if chosen is None:
+                blocked.append(r)
+                continue
+            s = self.idle_s[chosen]
+            del self.idle_s[chosen]
+            self.cooldown.pop((r, s), None)
+            plan.append((r, s))
+        self.idle_r.extendleft(reversed(blocked))
+        return plan
+
+    async def _pair_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            # Let a few skips finish first: one pipeline per batch of pairs, not per pair.
+            await asyncio.sleep(PAIR_COALESCE_S)
+            self._wake.clear()
+            plan = self._plan(time.monotonic())
+            if plan:
+                rooms = await self.pairer.pair(
+                    [(self.receivers[r], self.skippers[s]) for r, s in plan]
+                )
+                failed: list[User] = []
+                for (r, s), room in zip(plan, rooms):
+                    if room is None:
+                        self.pair_failures += 1
+                        failed += [self.receivers[r], self.skippers[s]]
+                        self.idle_r.append(r)
+                        self.idle_s.append(s)
+                        self.cooldown[(r, s)] = time.monotonic() + self.cooldown_s
+                        continue
+                    self.partner[s] = (r, room)
+                    self.where[s] = len(self.matched)
+                    self.matched.append(s)
+                if failed:  # put everyone in that plan back to idle on the server too
+                    await self.pairer.unpair(failed)
+            if self.idle_r and self.idle_s:
+                # Some wait on a cooldown: look again shortly.
+                asyncio.get_running_loop().call_later(0.02 if plan else 0.05, self._wake.set)
+
+    def _take_pair(self) -> int | None:
+        if not self.matched:
+            return None
+        i = self.rng.randrange(len(self.matched))
+        s = self.matched[i]
+        last = self.matched.pop()
+        if last != s:
+            self.matched[i] = last
+            self.where[last] = i
+        del self.where[s]
+        return s
+
+    # ---- skips -----------------------------------------------------------------------------
+    async def fire(self, t_sched_ns: int, measured: bool) -> None:
+        s = self._take_pair()
+        if s is None:
+            self.dropped += measured
+            return
+        r, room = self.partner.pop(s)
+        pool = self.pool
+        rec = Sent(t_sched_ns, 0, measured=measured)
+        self.sent[(r, room)] = rec
+        try:
+            conn = await pool.acquire()
+        except OSError as exc:
+            self.skip_failures[f"connect: {exc!r}"[:120]] += 1
+            self._release_pair(r, s)
+            return
+        raw = conn.build("POST", SKIP_PATH, token=self.skippers[s][1], body=SKIP_BODY)
+        rec.t_send_ns = time.monotonic_ns()
+        try:
+            status, body = await conn.send(raw)
+            rec.t_resp_ns = time.monotonic_ns()
+            if status == 200 and b'"skipped":true' in body:
+                rec.ok = True
+            else:
+                self.skip_failures[f"{status} {body[:120]!r}"] += 1
+        except HttpError as exc:
+            self.skip_failures[str(exc)[:120]] += 1
+        finally:
+            pool.release(conn)
+            self._release_pair(r, s)
+
+    def _release_pair(self, r: int, s: int) -> None:
+        """Both users are idle again (whatever the skip's outcome); re-pair them elsewhere."""
+        self.cooldown[(r, s)] = time.monotonic() + self.cooldown_s
+        self.idle_r.append(r)
+        self.idle_s.append(s)
+        self._wake.set()
+
+    async def run(
+        self,
+        rate: float,
+        warmup_s: float,
+        duration_s: float,
+        on_tick: Callable[[float], None] | None = None,
+    ) -> dict[str, Any]:
+        """One paced phase; returns its latency summary and the raw latencies (ms)."""
+        self.sent = {}
+        self.dropped = 0
+        self.skip_failures.clear()
+        await self.bench.listener.call("flush")  # forget what arrived before this phase
+        meter = CpuMeter(self.bench.pids(app=self.app_pid)).start()
+        run = await paced(rate, warmup_s, duration_s, self.fire, rng=self.rng, on_tick=on_tick)
+        cpu = meter.stop()
+        grace = 0.5 if self.transport == "ws" else self.bench.cfg.poll_interval_s + 0.5
+        await asyncio.sleep(grace)
+        got = await self.bench.listener.call("flush")
+        result = join(self.sent, got.pop("records"))
+        result.update(run)
+        measured_ok = sum(1 for r in self.sent.values() if r.measured and r.ok)
+        result.update(
+            {
+                "name": self.name,
+                "transport": self.transport,
+                "pairs": self.n,
+                "rate_target": rate,
+                "rate_offered": round(run["arrivals"] / duration_s, 1),
+                "rate_achieved": round(measured_ok / duration_s, 1),
+                "dropped_no_pair": self.dropped,
+                "pair_failures": self.pair_failures,
+                "skip_failures": dict(self.skip_failures.most_common(5)),
+                "http_connections_peak": self.pool.peak_open,
+                "cpu_pct": cpu,
+                "listener": got,
+            }
+        )
+        return result
