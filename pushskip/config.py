@@ -72,7 +72,9 @@ class Settings:
             poll_interval_ms=_int(env, "PUSHSKIP_POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS),
             rematch_cooldown_s=_int(env, "PUSHSKIP_REMATCH_COOLDOWN_S", DEFAULT_REMATCH_COOLDOWN_S),
             token_ttl_s=_int(env, "PUSHSKIP_TOKEN_TTL_S", DEFAULT_TOKEN_TTL_S),
-            ws_ping_interval_s=_float(env, "PUSHSKIP_WS_PING_INTERVAL_S", DEFAULT_WS_PING_INTERVAL_S),
+            ws_ping_interval_s=_float(
+                env, "PUSHSKIP_WS_PING_INTERVAL_S", DEFAULT_WS_PING_INTERVAL_S
+            ),
             ws_ping_timeout_s=_float(env, "PUSHSKIP_WS_PING_TIMEOUT_S", DEFAULT_WS_PING_TIMEOUT_S),
             ws_send_queue=_int(env, "PUSHSKIP_WS_SEND_QUEUE", DEFAULT_WS_SEND_QUEUE),
             ws_slow_send_s=_float(env, "PUSHSKIP_WS_SLOW_SEND_S", DEFAULT_WS_SLOW_SEND_S),

@@ -109,7 +109,9 @@ async def test_redis_restart_replays_what_hub_missed(own_redis: EmbeddedRedis) -
             await writer.aclose()
 
 
-async def test_pubsub_connection_killed_recovers(http: httpx.AsyncClient, base_url: str, redis: Redis) -> None:
+async def test_pubsub_connection_killed_recovers(
+    http: httpx.AsyncClient, base_url: str, redis: Redis
+) -> None:
     """CLIENT KILL of the hub's pub/sub connection: it reconnects and replays the gap."""
     user = await new_user(http)
     async with websockets.connect(ws_url(base_url, user)) as ws:
@@ -123,7 +125,9 @@ async def test_pubsub_connection_killed_recovers(http: httpx.AsyncClient, base_u
         await assert_silent(ws)
 
 
-async def test_watchdog_recovers_silently_deaf_listener(redis: Redis, redis_server: EmbeddedRedis) -> None:
+async def test_watchdog_recovers_silently_deaf_listener(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
     """A pub/sub path that goes silent without closing is found by the probe and rebuilt."""
     proxy = DeafeningProxy(str(redis_server.socket_path))
     await proxy.start()

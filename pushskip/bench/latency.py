@@ -313,7 +313,7 @@ class Scenario:
                     [(self.receivers[r], self.skippers[s]) for r, s in plan]
                 )
                 failed: list[User] = []
-                for (r, s), room in zip(plan, rooms):
+                for (r, s), room in zip(plan, rooms, strict=True):
                     if room is None:
                         self.pair_failures += 1
                         failed += [self.receivers[r], self.skippers[s]]

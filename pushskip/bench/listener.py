@@ -73,7 +73,7 @@ class Listener:
                         CONNECT_TIMEOUT_S,
                     )
                     hello = await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT_S)
-                except Exception as exc:  # noqa: BLE001 - every failure is counted
+                except Exception as exc:
                     failed.append(repr(exc)[:200])
                     return
                 self.messages += 1
@@ -134,7 +134,7 @@ class Listener:
                 return conn
 
         conns = await asyncio.gather(*(open_one(int(i)) for i, _ in users))
-        for (idx, token), conn in zip(users, conns):
+        for (idx, token), conn in zip(users, conns, strict=True):
             if conn is None:
                 continue
             self.poll_conns[int(idx)] = conn
@@ -298,7 +298,7 @@ async def amain() -> None:
             else:
                 raise ValueError(f"unknown command {cmd!r}")
             reply({"id": cid, "ok": True, **result})
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
+        except Exception as exc:
             reply({"id": cid, "ok": False, "error": repr(exc)})
 
     while True:

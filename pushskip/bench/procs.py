@@ -170,7 +170,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only; dies with the bench
+            preexec_fn=_die_with_parent,
         )
         log.close()
         await wait_http(self.base, self.health_path, proc=self.proc)

@@ -823,7 +823,7 @@ def write_plots(results: dict[str, Any], docs: Path) -> dict[str, Path]:
                 label=label,
                 color=color,
             )
-            for rect, v in zip(drawn, values):
+            for rect, v in zip(drawn, values, strict=True):
                 ax.annotate(
                     "–" if v is None else fmt.format(v),
                     (rect.get_x() + rect.get_width() / 2, rect.get_height()),

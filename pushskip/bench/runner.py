@@ -126,7 +126,7 @@ class UI:
 
 
 class External:
-    """An app someone else runs (--url): no process to start, stop or read RSS from, unless --app-pid."""
+    """An app someone else runs (--url): nothing to start or stop, no RSS unless --app-pid."""
 
     def __init__(self, base: str, pid: int | None) -> None:
         self.base = base.rstrip("/")
@@ -348,7 +348,7 @@ async def run_all(cfg: BenchConfig, args: argparse.Namespace, ui: UI) -> dict[st
             t0 = time.monotonic()
             try:
                 await PHASE_FUNCS[phase](bench, results)
-            except Exception as exc:  # noqa: BLE001 - one phase failing must not lose the rest
+            except Exception as exc:
                 results["errors"][phase] = f"{exc!r}"
                 ui.log(f"phase {phase} FAILED: {exc!r}\n{traceback.format_exc()}")
                 for app in bench.apps:
