@@ -39,7 +39,7 @@ async def read_raw_body(request: Request) -> bytes:
     limit: int = request.app.state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise ApiError(400, "Content-Length is not a number")
         if int(declared) > limit:
             raise ApiError(413, f"Request body is larger than {limit} bytes")
