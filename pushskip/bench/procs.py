@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import json
 import os
@@ -17,14 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pushskip.bench.httpc import HttpConn, HttpError, split_base
+from pushskip.embedded import die_with_parent
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -170,7 +164,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         await wait_http(self.base, self.health_path, proc=self.proc)
@@ -218,7 +212,7 @@ class ListenerClient:
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
             limit=2**28,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         err.close()
         self._reader = asyncio.create_task(self._read())
