@@ -50,7 +50,6 @@ class SkipResult:
     partner: str | None = None
     status: State = "idle"
     match: Match | None = None
-    started_ms: int = 0
     script_ms: float = 0.0
 
 
@@ -83,7 +82,6 @@ class Store:
             partner=partner,
             status=status,
             match=json.loads(new_match) if new_match else None,
-            started_ms=started_ms,
             script_ms=script_ms,
         )
         # The seed's "Monitoring" line: when the skip started, who, which room.
