@@ -17,10 +17,11 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from pushskip import events
 from pushskip.auth import InvalidToken, bearer_token, new_user_id
+from pushskip.events import MAX_SEQ as MAX_SEQ  # the limit parse_after enforces
+from pushskip.services import services
 
 Handler = Callable[[Request], Awaitable[JSONResponse]]
 MAX_ROOM_NAME = 128
-MAX_SEQ = 2**53
 
 
 class ApiError(Exception):
@@ -36,7 +37,7 @@ def ok(payload: dict[str, Any]) -> JSONResponse:
 
 async def read_raw_body(request: Request) -> bytes:
     """The body's bytes; 413 past the size cap, unread beyond it."""
-    limit: int = request.app.state.settings.max_body_bytes
+    limit = services(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -70,7 +71,7 @@ def authenticate(request: Request) -> str:
     if token is None:
         raise ApiError(401, "Missing bearer token")
     try:
-        return request.app.state.signer.verify(token)
+        return services(request).signer.verify(token)
     except InvalidToken as exc:
         raise ApiError(401, str(exc).capitalize()) from None
 
@@ -102,7 +103,7 @@ def user_route(
 
     async def endpoint(request: Request) -> JSONResponse:
         me = authenticate(request)
-        if not request.app.state.user_limiter.allow(me):
+        if not services(request).user_limiter.allow(me):
             raise ApiError(429, "Too many requests; slow down")
         if reads_body:
             body = await read_body(request)
@@ -118,40 +119,40 @@ def user_route(
 
 async def create_session(request: Request) -> JSONResponse:
     await read_body(request)  # enforces the size cap; the body carries nothing we need
+    found = services(request)
     client = request.client.host if request.client else "unknown"
-    if not request.app.state.session_limiter.allow(client):
+    if not found.session_limiter.allow(client):
         raise ApiError(429, "Too many sessions from this address; slow down")
-    signer = request.app.state.signer
+    signer = found.signer
     user_id = new_user_id()
     return ok({"userId": user_id, "token": signer.sign(user_id), "expiresIn": signer.ttl_s})
 
 
 async def enqueue(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    status, match = await request.app.state.store.enqueue(me)
-    if status == "matched":
-        return {"status": "matched", "match": match}
+    reply = await services(request).store.enqueue(me)
+    if reply.status == "matched":
+        return {"status": "matched", "match": reply.match}
     return {"status": "waiting"}
 
 
 async def leave(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    ended = await request.app.state.store.leave(me)
-    return {"left": True, "roomName": ended[0] if ended else None}
+    reply = await services(request).store.leave(me)
+    return {"left": True, "roomName": reply.room}
 
 
 async def status(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    store = request.app.state.store
+    store = services(request).store
     result = await store.status(me)
-    if result["state"] == "waiting":
+    if result.state == "waiting":
         await store.touch(me)
-    return result
+    return {"state": result.state, "match": result.match, "lastSeq": result.last_seq}
 
 
 async def skip(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
     requeue = optional_field(body, "requeue", bool, True)
-    result = await request.app.state.store.skip(me, requeue=requeue)
+    result = await services(request).store.skip(me, requeue=requeue)
     if not result.skipped:
         return {"skipped": False, "message": "No active match"}
-    request.app.state.metrics.skip_publish_seconds.observe(result.script_ms / 1000)
     return {
         "skipped": True,
         "roomName": result.room,
@@ -161,7 +162,7 @@ async def skip(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any
 
 
 async def check_disconnect(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    reason = await request.app.state.store.check_disconnect(me)
+    reason = await services(request).store.check_disconnect(me)
     if reason is None:
         return {"shouldDisconnect": False}
     return {"shouldDisconnect": True, "reason": reason}
@@ -173,30 +174,36 @@ async def check_room_valid(request: Request, me: str, body: dict[str, Any]) -> d
         raise ApiError(400, "roomName is required and must be a non-empty string")
     if len(room) > MAX_ROOM_NAME:
         raise ApiError(400, f"roomName is longer than {MAX_ROOM_NAME} characters")
-    reason = await request.app.state.store.check_room_valid(me, room)
+    reason = await services(request).store.check_room_valid(me, room)
     return {"valid": reason is None, "reason": reason}
 
 
 async def left_behind_status(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    return await request.app.state.store.left_behind(me)
+    note = await services(request).store.left_behind(me)
+    if note is None:
+        return {"leftBehind": False, "skippedBy": None, "roomName": None, "timestamp": None}
+    return {
+        "leftBehind": True,
+        "skippedBy": note.skipped_by,
+        "roomName": note.room,
+        "timestamp": note.timestamp,
+    }
 
 
 def parse_after(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return 0
-    # isascii: str.isdigit() also takes "²" and other digits int() refuses or
-    # reads; the length bound keeps int() under Python's digit limit.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or int(raw) > MAX_SEQ:
-        raise ApiError(400, "after must be a whole number >= 0")
-    return int(raw)
+    """`after=` of a poll: 0 when absent; 400 unless a whole number up to MAX_SEQ."""
+    try:
+        return events.parse_seq(raw) or 0
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 async def list_events(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
     after = parse_after(request.query_params.get("after"))
-    state = request.app.state
-    found, last = await events.read_after(state.redis, me, after)
-    await state.store.touch(me)
-    return {"events": found, "lastSeq": last}
+    found = services(request)
+    logged, last = await events.read_after(found.redis, me, after)
+    await found.store.touch(me)
+    return {"events": logged, "lastSeq": last}
 
 
 def routes() -> list[BaseRoute]:

@@ -24,6 +24,7 @@ from pushskip.config import Settings
 from pushskip.hub import Hub
 from pushskip.metrics import Metrics
 from pushskip.ratelimit import RateLimiter
+from pushskip.services import Services, services
 from pushskip.staticfiles import CachedStaticFiles
 from pushskip.store import Store
 
@@ -60,8 +61,9 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    await request.app.state.redis.ping()
-    return JSONResponse({"success": True, "redis": "ok", "hub": request.app.state.hub.ready})
+    found = services(request)
+    await found.redis.ping()
+    return JSONResponse({"success": True, "redis": "ok", "hub": found.hub.ready})
 
 
 def redis_clients(settings: Settings) -> tuple[Redis, Redis]:
@@ -90,32 +92,48 @@ def redis_clients(settings: Settings) -> tuple[Redis, Redis]:
 
 
 def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlette:
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis, pubsub_redis = redis_clients(settings)
-        state = app.state
-        state.redis = redis
-        state.store = Store(
-            redis, stale_s=settings.queue_stale_s, cooldown_s=settings.rematch_cooldown_s
-        )
-        state.hub = Hub(
+        hub = Hub(
             redis,
             pubsub_redis,
-            state.metrics,
+            metrics,
             queue_size=settings.ws_send_queue,
             slow_send_s=settings.ws_slow_send_s,
             watchdog_interval_s=settings.watchdog_interval_s,
         )
-        await state.hub.start()
+        built = Services(
+            settings=settings,
+            metrics=metrics,
+            signer=TokenSigner(settings.secret, ttl_s=settings.token_ttl_s),
+            user_limiter=RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst),
+            session_limiter=RateLimiter(
+                rate_per_s=settings.rate_per_s * SESSION_RATE_FACTOR,
+                burst=settings.rate_burst * SESSION_RATE_FACTOR,
+            ),
+            redis=redis,
+            store=Store(
+                redis,
+                stale_s=settings.queue_stale_s,
+                cooldown_s=settings.rematch_cooldown_s,
+                metrics=metrics,
+            ),
+            hub=hub,
+        )
+        built.install(app)
+        await hub.start()
         try:
             yield
         finally:
-            await state.hub.stop()
+            await hub.stop()
+            Services.uninstall(app)
             await pubsub_redis.aclose()
             await redis.aclose()
 
     static = static_dir or STATIC_DIR
-    metrics = Metrics()
     routes = [
         *api.routes(),
         WebSocketRoute("/ws", ws.websocket_endpoint),
@@ -124,7 +142,7 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
     ]
     if static.is_dir():
         routes.append(Mount("/", CachedStaticFiles(directory=static, html=True), name="static"))
-    app = Starlette(
+    return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -135,12 +153,3 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
             Exception: on_unexpected,
         },
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.signer = TokenSigner(settings.secret, ttl_s=settings.token_ttl_s)
-    app.state.user_limiter = RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst)
-    app.state.session_limiter = RateLimiter(
-        rate_per_s=settings.rate_per_s * SESSION_RATE_FACTOR,
-        burst=settings.rate_burst * SESSION_RATE_FACTOR,
-    )
-    return app

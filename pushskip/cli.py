@@ -1,14 +1,14 @@
-"""`pushskip serve` and `pushskip bench`."""
+"""`pushskip serve`: the app under uvicorn, with a private Redis when REDIS_URL is unset."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from types import FrameType
 
+from pushskip import config
 from pushskip.app import create_app
 from pushskip.config import ConfigError, Settings
 from pushskip.embedded import EmbeddedRedis, EmbeddedRedisError
@@ -21,21 +21,18 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, settings: Settings) -> int:
     # uvicorn handles SIGTERM and SIGINT while it serves and re-raises them
     # when done; these handlers turn that (and a signal during start-up) into
     # a normal exit, so the `finally` below stops the private Redis last.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"pushskip: {exc}", file=sys.stderr)
-        return 2
+    host = args.host or settings.host
+    port = args.port or settings.port
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
         try:
-            embedded = EmbeddedRedis()
+            embedded = EmbeddedRedis(binary=settings.redis_server)
             settings = settings.with_redis_url(embedded.start())
         except EmbeddedRedisError as exc:
             print(f"pushskip: {exc}", file=sys.stderr)
@@ -43,8 +40,8 @@ def serve(args: argparse.Namespace) -> int:
         logger.info("REDIS_URL is unset: started a private Redis at %s", settings.redis_url)
     try:
         app = create_app(settings)
-        server = PushskipServer(server_config(app, settings, host=args.host, port=args.port))
-        logger.info("serving on http://%s:%d", args.host, args.port)
+        server = PushskipServer(server_config(app, settings, host=host, port=port))
+        logger.info("serving on http://%s:%d", host, port)
         server.run()
     finally:
         # The private Redis goes last, after every socket and request is done.
@@ -53,36 +50,25 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench(args: argparse.Namespace) -> int:
-    # Imported here: the benchmark's dependencies (the `bench` extra) are optional.
-    from pushskip.bench import main as bench_main
-
-    return int(bench_main(args.bench_args))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pushskip", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("PUSHSKIP_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", help="default: PUSHSKIP_LOG_LEVEL, else INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="serve the API, WebSocket and demo page")
-    p_serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    p_serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    p_serve.add_argument("--host", help="default: HOST, else 127.0.0.1")
+    p_serve.add_argument("--port", type=int, help="default: PORT, else 8000")
     p_serve.set_defaults(func=serve)
-    p_bench = sub.add_parser(
-        "bench", help="measure push vs polling, capacity and Redis cost", add_help=False
-    )
-    p_bench.set_defaults(func=bench)
-    # The benchmark parses its own options (see `pushskip bench --help`).
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
-        args.bench_args = rest
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=(args.log_level or config.read_env("log_level") or config.DEFAULT_LOG_LEVEL).upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    return int(args.func(args))
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"pushskip: {exc}", file=sys.stderr)
+        return 2
+    return int(args.func(args, settings))
 
 
 if __name__ == "__main__":

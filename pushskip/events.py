@@ -20,6 +20,19 @@ Event = dict[str, Any]
 
 # One read returns at most this many events; callers ask again from the last seq.
 READ_LIMIT = 500
+# The largest seq a client may name (JavaScript's safe integers end here).
+MAX_SEQ = 2**53
+
+
+def parse_seq(raw: str | None) -> int | None:
+    """A client's `after=`: None when absent or empty; ValueError unless 0..MAX_SEQ."""
+    if raw is None or raw == "":
+        return None
+    # isascii: str.isdigit() also takes "²" and other digits int() refuses or
+    # reads; the length bound keeps int() under Python's digit limit.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or int(raw) > MAX_SEQ:
+        raise ValueError("after must be a whole number >= 0")
+    return int(raw)
 
 
 class RawEvent(NamedTuple):

@@ -7,6 +7,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pushskip import closing
+
 # Skip→publish is one Lua script on a local Redis: sub-millisecond is normal.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -26,9 +28,15 @@ class Metrics:
         self.replayed = Counter(
             "pushskip_events_replayed", "Events sent from the log (replay, gap fill)", registry=r
         )
-        self.slow_closes = Counter(
-            "pushskip_ws_slow_reader_closes", "Sockets closed 1013 for falling behind", registry=r
-        )
+        # One counter per close reason: pushskip_ws_<metric>_closes_total.
+        self.closes = {
+            reason.metric: Counter(
+                f"pushskip_ws_{reason.metric}_closes",
+                f"Sockets closed {reason.code}: {reason.about}",
+                registry=r,
+            )
+            for reason in closing.REASONS
+        }
         self.redis_reconnects = Counter(
             "pushskip_hub_redis_reconnects", "Pub/sub connections re-established", registry=r
         )
@@ -42,6 +50,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def count_close(self, reason: closing.CloseReason) -> None:
+        self.closes[reason.metric].inc()
 
     async def endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,19 +1,25 @@
 """The Lua scripts that make each state change one atomic Redis step.
 
-Each script in `lua/` is prefixed with the key names from `keys.py` and the
-helpers in `lua/lib.lua`, then registered once per client with
-`register_script`, which sends EVALSHA and reloads the script itself after a
-NOSCRIPT reply (a restarted Redis).
+Each script in `lua/` is sent as one text: the key names from `keys.py`, the
+helpers in `lua/lib.lua`, then its own body. It is registered once per client
+with `register_script`, which sends EVALSHA and reloads the script itself
+after a NOSCRIPT reply (a restarted Redis). A script answers with one JSON
+object, decoded by `replies.py`.
+
+Redis names a failing line by its number in the whole text
+(`user_script:142`); `ScriptError` names the file and line it came from
+(`lib.lua:23`, `skip.lua:4`) instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from functools import cache
 from importlib import resources
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from pushskip import keys
 
@@ -21,25 +27,80 @@ SCRIPT_NAMES = ("enqueue", "skip", "leave", "check_disconnect", "touch")
 # Logs and counters live a day past the longest token, so a seq never restarts
 # while a client could still hold a token that remembers it.
 LOG_KEEP_MS = 25 * 3600 * 1000
+_LINE = re.compile(r"user_script:(\d+)")
+
+
+class ScriptError(ResponseError):
+    """A script failed inside Redis; the message names the Lua file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A script's full text and where each of its parts starts."""
+
+    name: str
+    text: str
+    # (first line in `text`, file name), in order.
+    parts: tuple[tuple[int, str], ...]
+
+    def where(self, line: int) -> str:
+        """`file:line` for a line number of the full text."""
+        start, file = self.parts[0]
+        for part_start, part_file in self.parts:
+            if line >= part_start:
+                start, file = part_start, part_file
+        return f"{file}:{line - start + 1}"
+
+    def explain(self, message: str) -> str:
+        """A Redis error message with each `user_script:N` replaced by `file:line`."""
+        return _LINE.sub(lambda m: self.where(int(m.group(1))), message)
 
 
 @cache
-def source(name: str) -> str:
+def source(name: str) -> Source:
     """The full text of a script: constants, shared helpers, then its body."""
     folder = resources.files("pushskip") / "lua"
-    lib = (folder / "lib.lua").read_text()
-    body = (folder / f"{name}.lua").read_text()
-    return keys.lua_constants(LOG_KEEP_MS) + lib + body
+    pieces = [
+        ("keys.py (generated constants)", keys.lua_constants(LOG_KEEP_MS)),
+        ("lib.lua", (folder / "lib.lua").read_text()),
+        (f"{name}.lua", (folder / f"{name}.lua").read_text()),
+    ]
+    parts: list[tuple[int, str]] = []
+    line = 1
+    for file, piece in pieces:
+        if not piece.endswith("\n"):
+            raise ValueError(f"{file} must end with a newline")
+        parts.append((line, file))
+        line += piece.count("\n")
+    return Source(name, "".join(piece for _, piece in pieces), tuple(parts))
+
+
+class Script:
+    """One registered script: call it with its ARGV, get its JSON reply text."""
+
+    def __init__(self, redis: Redis, name: str) -> None:
+        self.source = source(name)
+        self._script = redis.register_script(self.source.text)
+
+    def __repr__(self) -> str:
+        return f"Script({self.source.name!r})"
+
+    async def __call__(self, *args: str) -> str:
+        try:
+            reply = await self._script(args=list(args))
+        except ResponseError as exc:
+            raise ScriptError(self.source.explain(str(exc))) from exc
+        return str(reply)
 
 
 @dataclasses.dataclass(frozen=True)
 class Scripts:
-    enqueue: AsyncScript
-    skip: AsyncScript
-    leave: AsyncScript
-    check_disconnect: AsyncScript
-    touch: AsyncScript
+    enqueue: Script
+    skip: Script
+    leave: Script
+    check_disconnect: Script
+    touch: Script
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:
-        return cls(**{name: redis.register_script(source(name)) for name in SCRIPT_NAMES})
+        return cls(**{name: Script(redis, name) for name in SCRIPT_NAMES})

@@ -14,8 +14,8 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
+from pushskip import closing, services
 from pushskip.config import Settings
-from pushskip.ws import CLOSE_GOING_AWAY
 
 TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"']+")
 
@@ -66,7 +66,7 @@ def server_config(app: Starlette, settings: Settings, *, host: str, port: int) -
 class PushskipServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.app
-        hub = getattr(getattr(app, "state", None), "hub", None)
-        if hub is not None:
-            await hub.close_all(CLOSE_GOING_AWAY)
+        found = services.of_app(app) if isinstance(app, Starlette) else None
+        if found is not None:
+            await found.hub.close_all(closing.SHUTDOWN)
         await super().shutdown(sockets)

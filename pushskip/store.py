@@ -1,9 +1,9 @@
 """The only module that changes matching state in Redis.
 
-Every state change is one Lua script (see `scripts.py`); reads that must see
-one consistent moment use MGET or a MULTI/EXEC pipeline. Methods return plain
-dicts shaped as API.md's payloads, so `api.py` and `ws.py` only add
-`success` and send them.
+Every state change is one Lua script (see `scripts.py`), whose JSON reply is
+decoded into a dataclass of `replies.py`; reads that must see one consistent
+moment use MGET or a MULTI/EXEC pipeline and return a dataclass of their own.
+`api.py` and `ws.py` turn these into API.md's payloads.
 """
 
 from __future__ import annotations
@@ -13,17 +13,23 @@ import json
 import logging
 import secrets
 import time
-from typing import Any, Literal
+from typing import Any
 
 from redis.asyncio import Redis
 
 from pushskip import keys
+from pushskip.metrics import Metrics
+from pushskip.replies import (
+    CheckDisconnectReply,
+    EnqueueReply,
+    LeaveReply,
+    Match,
+    SkipReply,
+    State,
+)
 from pushskip.scripts import Scripts
 
 logger = logging.getLogger("pushskip.store")
-
-Match = dict[str, Any]
-State = Literal["idle", "waiting", "matched"]
 
 
 def new_room_name() -> str:
@@ -43,82 +49,75 @@ def match_view(stored: str | dict[str, Any], me: str) -> Match:
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class SkipResult:
-    skipped: bool
-    room: str | None = None
-    partner: str | None = None
-    status: State = "idle"
-    match: Match | None = None
-    script_ms: float = 0.0
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserStatus:
+    state: State
+    match: Match | None
+    last_seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeftBehind:
+    """The seed's skip notification, while it still concerns `me` (not re-paired since)."""
+
+    skipped_by: str | None
+    room: str | None
+    timestamp: int | None
 
 
 class Store:
-    def __init__(self, redis: Redis, *, stale_s: int, cooldown_s: int) -> None:
+    def __init__(
+        self, redis: Redis, *, stale_s: int, cooldown_s: int, metrics: Metrics | None = None
+    ) -> None:
         self.redis = redis
+        self.metrics = metrics
         self.scripts = Scripts.register(redis)
         self._stale_ms = str(stale_s * 1000)
         self._cooldown_s = str(cooldown_s)
 
-    async def enqueue(self, me: str) -> tuple[State, Match | None]:
-        reply = await self.scripts.enqueue(args=[me, new_room_name(), self._stale_ms])
-        if reply[0] == "matched":
-            return "matched", json.loads(reply[1])
-        return "waiting", None
+    async def enqueue(self, me: str) -> EnqueueReply:
+        return EnqueueReply.decode(
+            await self.scripts.enqueue(me, new_room_name(), self._stale_ms)
+        )
 
-    async def skip(self, me: str, *, requeue: bool) -> SkipResult:
+    async def skip(self, me: str, *, requeue: bool) -> SkipReply:
         started_ms = int(time.time() * 1000)
         t0 = time.perf_counter()
-        reply = await self.scripts.skip(
-            args=[me, "1" if requeue else "0", new_room_name(), self._stale_ms, self._cooldown_s]
+        raw = await self.scripts.skip(
+            me, "1" if requeue else "0", new_room_name(), self._stale_ms, self._cooldown_s
         )
-        script_ms = (time.perf_counter() - t0) * 1000
-        if int(reply[0]) == 0:
-            return SkipResult(skipped=False)
-        _, room, partner, status, new_match = reply
-        result = SkipResult(
-            skipped=True,
-            room=room,
-            partner=partner,
-            status=status,
-            match=json.loads(new_match) if new_match else None,
-            script_ms=script_ms,
-        )
-        # The seed's "Monitoring" line: when the skip started, who, which room.
-        logger.info(
-            "skip skipStart=%d userId=%s otherUserId=%s roomName=%s requeue=%s "
-            "status=%s scriptMs=%.3f",
-            started_ms, me, partner, room, requeue, status, script_ms,
-        )
-        return result
+        script_s = time.perf_counter() - t0
+        reply = SkipReply.decode(raw)
+        if reply.skipped:
+            if self.metrics is not None:
+                self.metrics.skip_publish_seconds.observe(script_s)
+            # The seed's "Monitoring" line: when the skip started, who, which room.
+            logger.info(
+                "skip skipStart=%d userId=%s otherUserId=%s roomName=%s requeue=%s "
+                "status=%s scriptMs=%.3f",
+                started_ms, me, reply.partner, reply.room, requeue, reply.status, script_s * 1000,
+            )
+        return reply
 
-    async def leave(self, me: str) -> tuple[str, str] | None:
-        reply = await self.scripts.leave(args=[me])
-        if int(reply[0]) == 0:
-            return None
-        return reply[1], reply[2]
+    async def leave(self, me: str) -> LeaveReply:
+        return LeaveReply.decode(await self.scripts.leave(me))
 
-    async def status(self, me: str) -> dict[str, Any]:
+    async def status(self, me: str) -> UserStatus:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(keys.match(me))
             pipe.zscore(keys.QUEUE, me)
             pipe.get(keys.event_seq(me))
             raw, queued, last = await pipe.execute()
         state: State = "matched" if raw else ("waiting" if queued is not None else "idle")
-        return {
-            "state": state,
-            "match": match_view(raw, me) if raw else None,
-            "lastSeq": int(last or 0),
-        }
+        return UserStatus(state, match_view(raw, me) if raw else None, int(last or 0))
 
     async def touch(self, me: str) -> None:
         """Mark a waiting user as alive, so their queue entry does not go stale."""
-        await self.scripts.touch(args=[me])
+        await self.scripts.touch(me)
 
     async def check_disconnect(self, me: str) -> str | None:
         """Consume `me`'s disconnect flags; the reason to disconnect, or None."""
-        reply = await self.scripts.check_disconnect(args=[me])
-        return reply[1] if int(reply[0]) == 1 else None
+        return CheckDisconnectReply.decode(await self.scripts.check_disconnect(me)).reason
 
     async def check_room_valid(self, me: str, room: str) -> str | None:
         """Why `room` is no longer valid for `me`, or None when it is."""
@@ -140,15 +139,12 @@ class Store:
             return "not-in-room"
         return None
 
-    async def left_behind(self, me: str) -> dict[str, Any]:
+    async def left_behind(self, me: str) -> LeftBehind | None:
+        """The skip that left `me` alone, or None (none, or re-paired since: an old room)."""
         raw_match, raw_note = await self.redis.mget(keys.match(me), keys.SKIP_NOTIFICATION + me)
-        note = json.loads(raw_note) if raw_note else None
-        # Re-paired since the skip: that notification belongs to an old room.
-        if note is None or raw_match is not None:
-            return {"leftBehind": False, "skippedBy": None, "roomName": None, "timestamp": None}
-        return {
-            "leftBehind": True,
-            "skippedBy": note.get("skippedBy"),
-            "roomName": note.get("roomName"),
-            "timestamp": int(note.get("timestamp") or 0),
-        }
+        if raw_note is None or raw_match is not None:
+            return None
+        note = json.loads(raw_note)
+        return LeftBehind(
+            note.get("skippedBy"), note.get("roomName"), int(note.get("timestamp") or 0)
+        )

@@ -19,17 +19,15 @@ from urllib.parse import urlsplit
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from pushskip import events
+from pushskip import closing, events
 from pushskip.auth import InvalidToken
+from pushskip.closing import CloseReason
 from pushskip.hub import PONG, RESYNC, HubUnavailable, Subscriber
+from pushskip.metrics import Metrics
+from pushskip.services import Services, services
 
 logger = logging.getLogger("pushskip.ws")
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TRY_AGAIN = 1013
-CLOSE_BAD_TOKEN = 4401
-CLOSE_BAD_ORIGIN = 4403
 CLOSE_TIMEOUT_S = 2.0
 MAX_CLIENT_MESSAGE = 1024
 
@@ -44,24 +42,17 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
 
-def parse_after(raw: str | None) -> int | None:
-    if raw is None or raw == "":
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16:
-        raise ValueError("after must be a whole number >= 0")
-    return int(raw)
-
-
 class Connection:
     """One accepted socket: sends events in seq order, each at most once."""
 
-    def __init__(self, websocket: WebSocket, sub: Subscriber, last_sent: int) -> None:
+    def __init__(
+        self, websocket: WebSocket, found: Services, sub: Subscriber, last_sent: int
+    ) -> None:
         self.websocket = websocket
         self.sub = sub
         self.last_sent = last_sent
-        state = websocket.app.state
-        self.redis = state.redis
-        self.metrics = state.metrics
+        self.redis = found.redis
+        self.metrics = found.metrics
         self.loop = asyncio.get_running_loop()
         self.peer_gone = False
 
@@ -91,7 +82,7 @@ class Connection:
 
     async def write(self) -> None:
         sub = self.sub
-        while sub.close_code is None and not self.peer_gone:
+        while sub.close_reason is None and not self.peer_gone:
             item = await sub.next()
             if item == PONG:
                 await self.send('{"type":"pong"}')
@@ -122,38 +113,40 @@ class Connection:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    state = websocket.app.state
+    found = services(websocket)
     await websocket.accept()
     if not origin_allowed(
         websocket.headers.get("origin"),
         websocket.headers.get("host"),
-        state.settings.allowed_origins,
+        found.settings.allowed_origins,
     ):
-        await websocket.close(CLOSE_BAD_ORIGIN, "Origin not allowed")
+        await close_quietly(websocket, closing.BAD_ORIGIN, found.metrics)
         return
     try:
-        user_id = state.signer.verify(websocket.query_params.get("token"))
+        user_id = found.signer.verify(websocket.query_params.get("token"))
     except InvalidToken as exc:
-        await websocket.close(CLOSE_BAD_TOKEN, str(exc))
+        await close_quietly(websocket, closing.BAD_TOKEN.because(str(exc)), found.metrics)
         return
     try:
-        after = parse_after(websocket.query_params.get("after"))
+        after = events.parse_seq(websocket.query_params.get("after"))
     except ValueError as exc:
-        await websocket.close(CLOSE_POLICY, str(exc))
+        await close_quietly(websocket, closing.BAD_REQUEST.because(str(exc)), found.metrics)
         return
     try:
-        async with state.hub.subscribe(user_id) as sub:
-            await serve(websocket, sub, after)
+        async with found.hub.subscribe(user_id) as sub:
+            await serve(websocket, found, sub, after)
     except HubUnavailable as exc:
-        if state.hub.closing:
-            await close_quietly(websocket, CLOSE_GOING_AWAY, "Server shutting down")
+        if found.hub.closing:
+            await close_quietly(websocket, closing.SHUTDOWN, found.metrics)
         else:
-            await close_quietly(websocket, CLOSE_TRY_AGAIN, f"Live events unavailable: {exc}")
-    except RedisError:
-        await close_quietly(websocket, CLOSE_TRY_AGAIN, "Redis is unreachable")
+            reason = closing.LIVE_UNAVAILABLE
+            logger.warning("socket of %s closed: %s (%s)", user_id, reason.text, exc)
+            await close_quietly(websocket, reason, found.metrics)
 
 
-async def serve(websocket: WebSocket, sub: Subscriber, after: int | None) -> None:
+async def serve(
+    websocket: WebSocket, found: Services, sub: Subscriber, after: int | None
+) -> None:
     """Run one socket until the client leaves or the hub asks it to close.
 
     The writer runs in this task; one reader task answers pings and notices the
@@ -161,55 +154,68 @@ async def serve(websocket: WebSocket, sub: Subscriber, after: int | None) -> Non
     close frame could not pass before its send anyway, and the heartbeat
     drops a client that never reads again.
     """
-    state = websocket.app.state
-    status = await state.store.status(sub.user_id)
-    last_seq = status["lastSeq"]
+    try:
+        status = await found.store.status(sub.user_id)
+    except RedisError:
+        await close_quietly(websocket, closing.REDIS_UNAVAILABLE, found.metrics)
+        return
     # A client ahead of the log (it outlived a Redis that lost its data)
     # resumes from what the log has.
-    start = last_seq if after is None or after > last_seq else after
+    start = status.last_seq if after is None or after > status.last_seq else after
     await websocket.send_json(
         {
             "type": "hello",
             "userId": sub.user_id,
-            "state": status["state"],
-            "match": status["match"],
-            "lastSeq": last_seq,
-            "pollIntervalMs": state.settings.poll_interval_ms,
+            "state": status.state,
+            "match": status.match,
+            "lastSeq": status.last_seq,
+            "pollIntervalMs": found.settings.poll_interval_ms,
         }
     )
-    conn = Connection(websocket, sub, start)
+    conn = Connection(websocket, found, sub, start)
     reader = asyncio.create_task(conn.read())
     reader.add_done_callback(conn.on_reader_done)
-    state.metrics.sockets.inc()
+    found.metrics.sockets.inc()
     try:
         await conn.send_from_log()
         await conn.write()
     except RedisError:
-        sub.close(CLOSE_TRY_AGAIN)
+        sub.close(closing.REDIS_UNAVAILABLE)
     except WebSocketDisconnect:
         pass
     finally:
-        state.metrics.sockets.dec()
+        found.metrics.sockets.dec()
         reader.remove_done_callback(conn.on_reader_done)
-        reader.cancel()
-        with contextlib.suppress(BaseException):
-            await reader
-    if sub.close_code is not None and not conn.peer_gone:
-        if sub.close_code == CLOSE_TRY_AGAIN:
-            state.metrics.slow_closes.inc()
-            reason = "Too slow a reader; poll events?after= and reconnect"
-        else:
-            reason = "Server shutting down; reconnect with after="
+        await stop_reader(reader)
+    if sub.close_reason is not None and not conn.peer_gone:
         # The close frame queues behind what the reader has not read yet: give
         # it as long as a heartbeat would, then let the connection drop.
-        settings = state.settings
+        settings = found.settings
         timeout = settings.ws_ping_interval_s + settings.ws_ping_timeout_s
-        await close_quietly(websocket, sub.close_code, reason, timeout)
+        await close_quietly(websocket, sub.close_reason, found.metrics, timeout)
+
+
+async def stop_reader(reader: asyncio.Task[None]) -> None:
+    """Cancel the reader and wait for it; our own cancellation still goes through."""
+    reader.cancel()
+    try:
+        await reader
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception as exc:  # the peer's socket failed under it: nothing left to read
+        logger.debug("socket reader ended with %r", exc)
 
 
 async def close_quietly(
-    websocket: WebSocket, code: int, reason: str, timeout: float = CLOSE_TIMEOUT_S
+    websocket: WebSocket,
+    reason: CloseReason,
+    metrics: Metrics,
+    timeout: float = CLOSE_TIMEOUT_S,
 ) -> None:
-    """Close, bounded in time: a reader that stopped reading cannot hold us here."""
+    """Close for `reason` and count it, bounded in time: a reader that stopped
+    reading cannot hold us here."""
+    metrics.count_close(reason)
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(websocket.close(code, reason), timeout)
+        await asyncio.wait_for(websocket.close(reason.code, reason.text), timeout)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pushskip.bench.httpc import HttpError, HttpPool
 from pushskip.bench.procs import CpuMeter
 from pushskip.bench.stats import Sent, join
+from pushskip.replies import EnqueueReply, ReplyError
 from pushskip.store import new_room_name
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class RedisPairer:
         from pushskip.scripts import source
 
         if name not in self.sha:
-            (sha,) = await self.resp.pipeline([["SCRIPT", "LOAD", source(name)]])
+            (sha,) = await self.resp.pipeline([["SCRIPT", "LOAD", source(name).text]])
             self.sha[name] = sha
         return self.sha[name]
 
@@ -128,15 +129,18 @@ class RedisPairer:
         for i, (r, _) in enumerate(plan):
             first, second = replies[2 * i], replies[2 * i + 1]
             room = None
+            waiting: EnqueueReply | None = None
+            matched: EnqueueReply | None = None
+            with contextlib.suppress(ReplyError):
+                waiting, matched = EnqueueReply.decode(first), EnqueueReply.decode(second)
             if (
-                isinstance(first, list)
-                and first[0] == "waiting"
-                and isinstance(second, list)
-                and second[0] == "matched"
+                waiting is not None
+                and matched is not None
+                and waiting.status == "waiting"
+                and matched.match is not None
+                and matched.match.get("partnerId") == r[0]
             ):
-                match = json.loads(second[1])
-                if match.get("partnerId") == r[0]:
-                    room = match["roomName"]
+                room = matched.match["roomName"]
             rooms.append(room)
         return rooms
 

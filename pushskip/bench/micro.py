@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pushskip.auth import new_user_id
+from pushskip.replies import EnqueueReply, SkipReply
 from pushskip.scripts import source
 from pushskip.store import Store, new_room_name
 
@@ -36,7 +37,9 @@ async def _pair_batch(redis: Any, sha: str, n: int) -> list[tuple[str, str]]:
             pipe.evalsha(sha, 0, a, new_room_name(), STALE_MS)
             pipe.evalsha(sha, 0, b, new_room_name(), STALE_MS)
         replies = await pipe.execute()
-    assert all(r[0] == "matched" for r in replies[1::2]), "pairing in the micro-benchmark failed"
+    assert all(
+        EnqueueReply.decode(r).status == "matched" for r in replies[1::2]
+    ), "pairing in the micro-benchmark failed"
     return pairs
 
 
@@ -46,8 +49,8 @@ async def run(bench: Bench, *, seconds: float, on_tick: Any = None) -> dict[str,
     redis = bench.redis
     assert redis is not None
     store = Store(redis, stale_s=3600, cooldown_s=bench.cfg.cooldown_s)
-    enqueue_sha = await redis.script_load(source("enqueue"))
-    skip_sha = await redis.script_load(source("skip"))
+    enqueue_sha = await redis.script_load(source("enqueue").text)
+    skip_sha = await redis.script_load(source("skip").text)
     results: dict[str, Any] = {}
 
     redis_time = {"calls": 0, "usec": 0}
@@ -79,9 +82,9 @@ async def run(bench: Bench, *, seconds: float, on_tick: Any = None) -> dict[str,
         stats = await timed_stats_start()
         while time.perf_counter() - t0 < seconds:
             a, b = new_user_id(), new_user_id()
-            first, _ = await store.enqueue(a)
-            second, _ = await store.enqueue(b)
-            assert first == "waiting" and second == "matched"
+            first = await store.enqueue(a)
+            second = await store.enqueue(b)
+            assert first.status == "waiting" and second.status == "matched"
             ops += 1
         elapsed = time.perf_counter() - t0
         await timed_stats_stop(stats)
@@ -124,7 +127,7 @@ async def run(bench: Bench, *, seconds: float, on_tick: Any = None) -> dict[str,
                 replies = await pipe.execute()
             spent += time.perf_counter() - t0
             await timed_stats_stop(stats)
-            assert all(int(r[0]) == 1 for r in replies)
+            assert all(SkipReply.decode(r).skipped for r in replies)
             ops += len(pairs)
         return ops, spent
 

@@ -3,7 +3,7 @@
 -- was set for; it counts only while `me` is in no room or still in that one,
 -- so a flag left from room R never disconnects `me` from a later room (it is
 -- consumed as stale instead). ARGV[1] me.
--- Returns {0} or {1, reason}.
+-- Returns JSON {reason = 'force-disconnect'|...} or {} when there is none.
 local me = ARGV[1]
 local current = nil
 local raw = redis.call('GET', K_MATCH .. me)
@@ -20,5 +20,4 @@ end
 if reason == nil and current and redis.call('EXISTS', K_ROOM_DELETED .. current) == 1 then
   reason = 'room-deleted'
 end
-if reason then return {1, reason} end
-return {0}
+return cjson.encode({reason = reason})

@@ -1,13 +1,15 @@
 -- `me` skips their partner, in one atomic step (API.md, Skip).
 -- ARGV[1] me, ARGV[2] '1' to requeue me, ARGV[3] room name for a new pair,
 -- ARGV[4] stale_ms, ARGV[5] rematch cooldown seconds.
--- Returns {0} with no match, else {1, room, other, status, new_match_json|''}.
--- Both users skipping at once: the first script ends the match, the second
--- finds no match:{me} and returns {0}, so each gets one partner-skipped at most.
+-- Returns JSON {skipped = false} with no match, else {skipped = true,
+-- roomName, partnerId, status = 'idle'|'waiting'|'matched', match = new match
+-- or absent}. Both users skipping at once: the first script ends the match,
+-- the second finds no match:{me} and returns skipped = false, so each gets one
+-- partner-skipped at most.
 local me, requeue, new_room = ARGV[1], ARGV[2] == '1', ARGV[3]
 local stale_ms, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
 local room, other = end_match(me)
-if not room then return {0} end
+if not room then return cjson.encode({skipped = false}) end
 local now = now_ms()
 redis.call('SET', K_PRE_SKIP .. me, room, 'EX', PRE_SKIP_TTL)
 redis.call('SET', K_SKIP_IN_PROGRESS .. me, room, 'EX', SKIP_IN_PROGRESS_TTL)
@@ -19,7 +21,9 @@ redis.call('SET', K_SKIP_NOTIFICATION .. other,
   'EX', SKIP_NOTIFICATION_TTL)
 redis.call('SET', cooldown_key(me, other), room, 'EX', cooldown)
 append_event(other, {type = 'partner-skipped', roomName = room, skippedBy = me}, now)
-if not requeue then return {1, room, other, 'idle', ''} end
-local m = enqueue_and_pair(me, new_room, now, stale_ms)
-if m then return {1, room, other, 'matched', cjson.encode(m)} end
-return {1, room, other, 'waiting', ''}
+local reply = {skipped = true, roomName = room, partnerId = other, status = 'idle'}
+if requeue then
+  reply.match = enqueue_and_pair(me, new_room, now, stale_ms)
+  reply.status = reply.match and 'matched' or 'waiting'
+end
+return cjson.encode(reply)

@@ -1,0 +1,115 @@
+"""The Lua scripts' replies, decoded by name into one dataclass each.
+
+Every script in `lua/` answers with one JSON object (`cjson.encode{...}`);
+this module is the only place that reads those objects, so a field renamed in
+a script fails here, by name, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal, cast
+
+Match = dict[str, Any]
+State = Literal["idle", "waiting", "matched"]
+STATES: tuple[State, ...] = ("idle", "waiting", "matched")
+
+
+class ReplyError(ValueError):
+    """A script answered with something other than what its reply type declares."""
+
+
+def _object(raw: str | bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError):
+        raise ReplyError(f"script reply is not JSON: {raw!r:.200}") from None
+    if not isinstance(data, dict):
+        raise ReplyError(f"script reply is not a JSON object: {raw!r:.200}")
+    return data
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise ReplyError(f"{name} is {value!r:.200}, not a string")
+    return value
+
+
+def _state(value: object) -> State:
+    if value not in STATES:
+        raise ReplyError(f"unknown state {value!r}")
+    return cast(State, value)
+
+
+def _match(value: object) -> Match | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ReplyError(f"match is not an object: {value!r:.200}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnqueueReply:
+    status: Literal["waiting", "matched"]
+    match: Match | None
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> EnqueueReply:
+        data = _object(raw)
+        status = data.get("status")
+        if status not in ("waiting", "matched"):
+            raise ReplyError(f"enqueue status is {status!r}")
+        return cls(status=status, match=_match(data.get("match")))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SkipReply:
+    skipped: bool
+    room: str | None = None
+    partner: str | None = None
+    status: State = "idle"
+    match: Match | None = None
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> SkipReply:
+        data = _object(raw)
+        if not data.get("skipped"):
+            return cls(skipped=False)
+        return cls(
+            skipped=True,
+            room=_text(data, "roomName"),
+            partner=_text(data, "partnerId"),
+            status=_state(data["status"]),
+            match=_match(data.get("match")),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaveReply:
+    left_match: bool
+    room: str | None = None
+    partner: str | None = None
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> LeaveReply:
+        data = _object(raw)
+        if not data.get("left"):
+            return cls(left_match=False)
+        return cls(
+            left_match=True, room=_text(data, "roomName"), partner=_text(data, "partnerId")
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckDisconnectReply:
+    reason: str | None
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> CheckDisconnectReply:
+        reason = _object(raw).get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ReplyError(f"check_disconnect reason is {reason!r}")
+        return cls(reason=reason)

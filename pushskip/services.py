@@ -1,0 +1,58 @@
+"""What a handler can reach: one typed object, built in the app's lifespan.
+
+Handlers call `services(request)` (or `services(websocket)`) and get a
+`Services` whose every field is typed, so mypy checks each handler → store,
+hub or signer call. Nothing is reached through Starlette's untyped
+`app.state` bag except this one object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection
+
+from pushskip.auth import TokenSigner
+from pushskip.config import Settings
+from pushskip.hub import Hub
+from pushskip.metrics import Metrics
+from pushskip.ratelimit import RateLimiter
+from pushskip.store import Store
+
+_ATTRIBUTE = "pushskip_services"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Services:
+    settings: Settings
+    metrics: Metrics
+    signer: TokenSigner
+    user_limiter: RateLimiter
+    session_limiter: RateLimiter
+    redis: Redis
+    store: Store
+    hub: Hub
+
+    def install(self, app: Starlette) -> None:
+        setattr(app.state, _ATTRIBUTE, self)
+
+    @staticmethod
+    def uninstall(app: Starlette) -> None:
+        if hasattr(app.state, _ATTRIBUTE):
+            delattr(app.state, _ATTRIBUTE)
+
+
+def of_app(app: Starlette) -> Services | None:
+    """The app's services while its lifespan runs; None before start-up and after shutdown."""
+    found = getattr(app.state, _ATTRIBUTE, None)
+    return found if isinstance(found, Services) else None
+
+
+def services(conn: HTTPConnection) -> Services:
+    """The services of the app serving this request or socket."""
+    found = of_app(conn.app)
+    if found is None:
+        raise RuntimeError("pushskip services are used outside the app's lifespan")
+    return found
