@@ -30,7 +30,11 @@ from pushskip.store import Store
 
 logger = logging.getLogger("pushskip.app")
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The browser client and demo: an installed wheel carries them as
+# pushskip/static/; a source checkout (and an editable install, so edits show
+# without reinstalling) serves the repository's top-level static/.
+STATIC_DIRS = (PACKAGE_DIR / "static", PACKAGE_DIR.parent / "static")
 REDIS_POOL_SIZE = 64
 # New sessions per client address: generous, as a page may open several.
 SESSION_RATE_FACTOR = 5
@@ -91,6 +95,11 @@ def redis_clients(settings: Settings) -> tuple[Redis, Redis]:
     return commands, pubsub
 
 
+def find_static_dir() -> Path | None:
+    """The first of STATIC_DIRS that exists, or None."""
+    return next((d for d in STATIC_DIRS if d.is_dir()), None)
+
+
 def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlette:
     metrics = Metrics()
 
@@ -133,15 +142,21 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
             await pubsub_redis.aclose()
             await redis.aclose()
 
-    static = static_dir or STATIC_DIR
+    static = static_dir if static_dir is not None else find_static_dir()
     routes = [
         *api.routes(),
         WebSocketRoute("/ws", ws.websocket_endpoint),
         Route("/metrics", metrics.endpoint),
         Route("/healthz", healthz),
     ]
-    if static.is_dir():
+    if static is not None and static.is_dir():
         routes.append(Mount("/", CachedStaticFiles(directory=static, html=True), name="static"))
+    else:
+        looked_in = (static_dir,) if static_dir is not None else STATIC_DIRS
+        logger.warning(
+            "no static directory (looked in %s): / and /pushskip.js will answer 404",
+            ", ".join(str(d) for d in looked_in),
+        )
     return Starlette(
         routes=routes,
         lifespan=lifespan,

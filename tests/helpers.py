@@ -71,10 +71,20 @@ def app_process(redis_url: str, **env: str) -> Iterator[tuple[str, subprocess.Po
         "PUSHSKIP_RATE_BURST": "10000",
         **env,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pushskip", "--log-level", "WARNING", "serve", "--port", str(port)],
-        env=full_env,
-    )
+    argv = [sys.executable, "-m", "pushskip", "--log-level", "WARNING", "serve"]
+    with serve_process([*argv, "--port", str(port)], port, env=full_env) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serve_process(
+    argv: list[str], port: int, *, env: dict[str, str], cwd: str | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A `pushskip serve` command line in its own process, SIGTERMed after.
+
+    Yields (base URL, process) once /healthz answers 200.
+    """
+    proc = subprocess.Popen(argv, env=env, cwd=cwd)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
