@@ -22,6 +22,7 @@ from pushskip import api, ws
 from pushskip.auth import TokenSigner
 from pushskip.config import Settings
 from pushskip.hub import Hub
+from pushskip.link import PubSubLink
 from pushskip.metrics import Metrics
 from pushskip.ratelimit import RateLimiter
 from pushskip.services import Services, services
@@ -106,13 +107,11 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis, pubsub_redis = redis_clients(settings)
+        link = PubSubLink(
+            redis, pubsub_redis, metrics, watchdog_interval_s=settings.watchdog_interval_s
+        )
         hub = Hub(
-            redis,
-            pubsub_redis,
-            metrics,
-            queue_size=settings.ws_send_queue,
-            slow_send_s=settings.ws_slow_send_s,
-            watchdog_interval_s=settings.watchdog_interval_s,
+            link, metrics, queue_size=settings.ws_send_queue, slow_send_s=settings.ws_slow_send_s
         )
         built = Services(
             settings=settings,

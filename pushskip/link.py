@@ -2,8 +2,8 @@
 
 `PubSubLink` is the transport under the hub (as broadcaster's backend is under
 `Broadcast`): it knows channels, not users or sockets. It hands every message
-to its `Listener`, and asks the listener which channels to subscribe when it
-(re)connects.
+to the `Listener` it was started for, and asks the listener which channels to
+subscribe when it (re)connects.
 
 Guarantees:
 - `subscribe(channel)` returns only once Redis has confirmed that SUBSCRIBE
@@ -70,7 +70,6 @@ class PubSubLink:
         self,
         redis: Redis,
         pubsub_redis: Redis,
-        listener: Listener,
         metrics: Metrics,
         *,
         watchdog_interval_s: float,
@@ -81,7 +80,7 @@ class PubSubLink:
         # otherwise reconnect and resubscribe silently, and the messages
         # published in between would never be resynced.
         self.pubsub_redis = pubsub_redis
-        self.listener = listener
+        self.listener: Listener | None = None
         self.metrics = metrics
         self.watchdog_interval_s = watchdog_interval_s
         self.probe_channel = keys.PROBE_CHANNEL + secrets.token_hex(8)
@@ -103,8 +102,9 @@ class PubSubLink:
         """Connected, subscribed to every channel the listener named, and listening."""
         return self._ready.is_set()
 
-    async def start(self) -> None:
-        """Start listening; waits (bounded) for the first connection, but not past it."""
+    async def start(self, listener: Listener) -> None:
+        """Start listening for `listener`; waits (bounded) for the first connection."""
+        self.listener = listener
         self._tasks = [
             asyncio.create_task(self._run(), name="pushskip-link-listener"),
             asyncio.create_task(self._watchdog(), name="pushskip-link-watchdog"),
@@ -191,7 +191,7 @@ class PubSubLink:
         if kind == "message":
             if channel == self.probe_channel:
                 self._probe_heard.set()
-            else:
+            elif self.listener is not None:
                 self.listener.deliver(channel, message["data"])
         elif kind == "subscribe":
             self._confirm(channel)
@@ -199,7 +199,8 @@ class PubSubLink:
     async def _connect(self) -> PubSub:
         """A new connection subscribed to the probe and every channel the listener names."""
         pubsub = self.pubsub_redis.pubsub()
-        channels = [self.probe_channel, *self.listener.channels()]
+        named = self.listener.channels() if self.listener is not None else ()
+        channels = [self.probe_channel, *named]
         await pubsub.subscribe(*channels)
         pending = set(channels)
         async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
@@ -220,7 +221,7 @@ class PubSubLink:
                 self._rebuild.clear()
                 self._pubsub = await self._connect()
                 self._ready.set()
-                if connected_before:
+                if connected_before and self.listener is not None:
                     self.metrics.redis_reconnects.inc()
                     logger.warning("pub/sub reconnected; resynchronising every local subscriber")
                     self.listener.resync()

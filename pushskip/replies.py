@@ -37,6 +37,13 @@ def _text(data: dict[str, Any], name: str) -> str:
     return value
 
 
+def _ended(data: dict[str, Any], flag: str) -> tuple[str, str] | None:
+    """(room, partner) of the match a script ended, when `flag` says it ended one."""
+    if not data.get(flag):
+        return None
+    return _text(data, "roomName"), _text(data, "partnerId")
+
+
 def _state(value: object) -> State:
     if value not in STATES:
         raise ReplyError(f"unknown state {value!r}")
@@ -76,15 +83,11 @@ class SkipReply:
     @classmethod
     def decode(cls, raw: str | bytes) -> SkipReply:
         data = _object(raw)
-        if not data.get("skipped"):
+        ended = _ended(data, "skipped")
+        if ended is None:
             return cls(skipped=False)
-        return cls(
-            skipped=True,
-            room=_text(data, "roomName"),
-            partner=_text(data, "partnerId"),
-            status=_state(data["status"]),
-            match=_match(data.get("match")),
-        )
+        room, partner = ended
+        return cls(True, room, partner, _state(data.get("status")), _match(data.get("match")))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,12 +98,10 @@ class LeaveReply:
 
     @classmethod
     def decode(cls, raw: str | bytes) -> LeaveReply:
-        data = _object(raw)
-        if not data.get("left"):
+        ended = _ended(_object(raw), "left")
+        if ended is None:
             return cls(left_match=False)
-        return cls(
-            left_match=True, room=_text(data, "roomName"), partner=_text(data, "partnerId")
-        )
+        return cls(True, *ended)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -112,13 +112,11 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def running_link(url: str, **kw: Any) -> AsyncIterator[tuple[PubSubLink, Recorder, Redis]]:
+async def running_link(url: str) -> AsyncIterator[tuple[PubSubLink, Recorder, Redis]]:
     commands, pubsub = redis_clients(make_settings(url))
     recorder = Recorder()
-    the_link = PubSubLink(
-        commands, pubsub, recorder, Metrics(), watchdog_interval_s=kw.get("watchdog", 30.0)
-    )
-    await the_link.start()
+    the_link = PubSubLink(commands, pubsub, Metrics(), watchdog_interval_s=30.0)
+    await the_link.start(recorder)
     try:
         yield the_link, recorder, commands
     finally:
