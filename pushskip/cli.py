@@ -1,4 +1,4 @@
-"""`pushskip serve` and `pushskip bench`."""
+"""`pushskip serve`."""
 
 from __future__ import annotations
 
@@ -53,13 +53,6 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench(args: argparse.Namespace) -> int:
-    # Imported here: the benchmark's dependencies (the `bench` extra) are optional.
-    from pushskip.bench import main as bench_main
-
-    return int(bench_main(args.bench_args))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pushskip", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("PUSHSKIP_LOG_LEVEL", "INFO"))
@@ -68,16 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     p_serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p_serve.set_defaults(func=serve)
-    p_bench = sub.add_parser(
-        "bench", help="measure push vs polling, capacity and Redis cost", add_help=False
-    )
-    p_bench.set_defaults(func=bench)
-    # The benchmark parses its own options (see `pushskip bench --help`).
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
-        args.bench_args = rest
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -18,13 +18,13 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from pushskip.bench.httpc import HttpError, HttpPool
-from pushskip.bench.latency import paced
-from pushskip.bench.procs import CpuMeter, ServerProcess
-from pushskip.bench.stats import Sent, join
+from bench.httpc import HttpError, HttpPool
+from bench.latency import paced
+from bench.procs import CpuMeter, ServerProcess
+from bench.stats import Sent, join
 
 if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
+    from bench.runner import Bench
 
 CHANNEL = "pushskip-bench:floor"
 
@@ -78,7 +78,7 @@ async def starlette_push(
 ) -> dict[str, Any]:
     app = ServerProcess(
         "floor-app",
-        [sys.executable, "-m", "pushskip.bench.floorapp", "--port", "{port}"],
+        [sys.executable, "-m", "bench.floorapp", "--port", "{port}"],
         bench.child_env(),
         bench.workdir,
     )

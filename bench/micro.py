@@ -17,7 +17,7 @@ from pushskip.scripts import source
 from pushskip.store import Store, new_room_name
 
 if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
+    from bench.runner import Bench
 
 BATCH = 200  # pairs per pipeline
 STALE_MS = str(3600 * 1000)

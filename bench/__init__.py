@@ -1,10 +1,10 @@
-"""`pushskip bench`: push vs polling latency, saturation, capacity and floors, on this machine.
+"""`python -m bench`: push vs polling latency, saturation, capacity and floors, on this machine.
 
-Run `python -m pushskip bench` (full, ~6 minutes) or `--quick` (a smoke run
-under two minutes). It starts a private Redis and `pushskip serve` processes
-on loopback unless given --url / --redis-url, and writes
-bench/results/<date>.json, docs/benchmarks.md and docs/bench-*.png under --out.
-See docs/benchmarks.md.
+Run `python -m bench` from the repository root (full, ~6 minutes) or
+`--quick` (a smoke run under two minutes). It starts a private Redis and
+`pushskip serve` processes on loopback unless given --url / --redis-url, and
+writes bench/results/<date>.json, docs/benchmarks.md and docs/bench-*.png
+under --out. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="pushskip bench",
+        prog="python -m bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -130,7 +130,7 @@ def _loopback(url: str) -> bool:
 
 
 def default_out(quick: bool) -> Path:
-    from pushskip.bench.runner import REPO_ROOT
+    from bench.procs import REPO_ROOT
 
     if quick:
         return Path(tempfile.mkdtemp(prefix="pushskip-bench-quick-"))
@@ -144,12 +144,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str]) -> int:
-    argv = list(argv)
-    if argv[:1] == ["--"]:  # `pushskip bench -- --quick`
-        argv = argv[1:]
-    args = parse_args(argv)
-    from pushskip.bench import report
-    from pushskip.bench.runner import UI, BenchConfig, run_all
+    args = parse_args(list(argv))
+    from bench import report
+    from bench.runner import UI, BenchConfig, run_all
 
     cfg = BenchConfig.quick_config() if args.quick else BenchConfig()
     if args.sat_rates:
@@ -159,7 +156,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     show = not args.no_progress and sys.stderr.isatty()
     with UI(show) as ui:
-        ui.log(f"pushskip bench ({'quick' if args.quick else 'full'}): writing to {out}")
+        ui.log(f"bench ({'quick' if args.quick else 'full'}): writing to {out}")
         results = asyncio.run(run_all(cfg, args, ui))
         paths = report.write(results, out, plots=not args.no_plots)
     for kind, path in paths.items():

@@ -21,10 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Self
 
-from pushskip.bench.httpc import HttpPool
-from pushskip.bench.procs import CpuMeter, ListenerClient, ServerProcess
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from bench.httpc import HttpPool
+from bench.procs import CpuMeter, ListenerClient, ServerProcess, with_repo_on_path
 
 
 @dataclasses.dataclass
@@ -185,14 +183,14 @@ class Bench:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def child_env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return with_repo_on_path({**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def app_env(self) -> dict[str, str]:
         assert self.redis_url is not None
         url = self.redis_url
         if self.args.app_redis_pool:
             url += ("&" if "?" in url else "?") + f"max_connections={self.args.app_redis_pool}"
-        return {
+        env = {
             **self.child_env(),
             "REDIS_URL": url,
             "PUSHSKIP_SECRET": self.secret,
@@ -203,6 +201,9 @@ class Bench:
             "PUSHSKIP_QUEUE_STALE_S": "3600",
             **dict(item.split("=", 1) for item in self.args.app_env),
         }
+        # An --app-env PYTHONPATH replaces the inherited one: the repository goes back on it,
+        # after the given directories, for the profiler's `python -m bench.profiled` wrapper.
+        return with_repo_on_path(env)
 
     def app_target(self) -> ServerProcess | External:
         assert self.app is not None
@@ -314,16 +315,16 @@ async def run_all(cfg: BenchConfig, args: argparse.Namespace, ui: UI) -> dict[st
     started = time.monotonic()
     results: dict[str, Any] = {
         "schema": 1,
-        "tool": "pushskip bench",
+        "tool": "python -m bench",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if cfg.quick else "full",
-        "command": "python -m pushskip bench " + " ".join(args.raw_argv),
+        "command": "python -m bench " + " ".join(args.raw_argv),
         "machine": machine_info(),
         "config": dataclasses.asdict(cfg),
         "errors": {},
     }
     bench = Bench(cfg, args, ui)
-    overall = ui.task("pushskip bench", total=len(phases))
+    overall = ui.task("bench", total=len(phases))
     try:
         await bench.start()
         if bench.redis is not None:
@@ -340,7 +341,7 @@ async def run_all(cfg: BenchConfig, args: argparse.Namespace, ui: UI) -> dict[st
             "app_env": list(args.app_env),
         }
         for phase in phases:
-            ui.update(overall, description=f"pushskip bench: {phase}")
+            ui.update(overall, description=f"bench: {phase}")
             q = await bench.quiet(args.wait_quiet)
             results.setdefault("machine_noise", {})[phase] = q
             if q["others_cpu_pct"] >= 15:
@@ -366,7 +367,7 @@ async def run_all(cfg: BenchConfig, args: argparse.Namespace, ui: UI) -> dict[st
 
 
 async def phase_micro(bench: Bench, results: dict[str, Any]) -> None:
-    from pushskip.bench import micro
+    from bench import micro
 
     if bench.redis is None:
         results["micro"] = {"skipped": "no Redis URL"}
@@ -380,7 +381,7 @@ async def phase_micro(bench: Bench, results: dict[str, Any]) -> None:
 
 
 async def phase_floors(bench: Bench, results: dict[str, Any]) -> None:
-    from pushskip.bench import floors
+    from bench import floors
 
     cfg = bench.cfg
     out: dict[str, Any] = {}
@@ -429,7 +430,7 @@ def _slim(result: dict[str, Any]) -> dict[str, Any]:
 
 
 async def phase_latency(bench: Bench, results: dict[str, Any]) -> None:
-    from pushskip.bench.latency import Scenario
+    from bench.latency import Scenario
 
     cfg = bench.cfg
     app = bench.app_target()
@@ -475,7 +476,7 @@ async def phase_latency(bench: Bench, results: dict[str, Any]) -> None:
 
 
 async def phase_saturation(bench: Bench, results: dict[str, Any]) -> None:
-    from pushskip.bench import saturation
+    from bench import saturation
 
     cfg = bench.cfg
     task = bench.ui.task(
@@ -495,7 +496,7 @@ async def phase_saturation(bench: Bench, results: dict[str, Any]) -> None:
 
 
 async def phase_profile(bench: Bench, results: dict[str, Any]) -> None:
-    from pushskip.bench import saturation
+    from bench import saturation
 
     if bench.args.url:
         results["profile"] = {"skipped": "profiling needs an app process the bench starts"}
@@ -511,7 +512,7 @@ async def phase_profile(bench: Bench, results: dict[str, Any]) -> None:
 
 
 async def phase_capacity(bench: Bench, results: dict[str, Any]) -> None:
-    from pushskip.bench import capacity
+    from bench import capacity
 
     cfg = bench.cfg
     task = bench.ui.task(

@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from pushskip.bench.httpc import HttpError, HttpPool
-from pushskip.bench.procs import CpuMeter
-from pushskip.bench.stats import Sent, join
+from bench.httpc import HttpError, HttpPool
+from bench.procs import CpuMeter
+from bench.stats import Sent, join
 from pushskip.store import new_room_name
 
 if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
+    from bench.runner import Bench
 
 SKIP_PATH = "/api/simple-matching/skip"
 SKIP_BODY = b'{"requeue":false}'
@@ -104,7 +104,7 @@ class RedisPairer:
     """Pairs (receiver, skipper) with the enqueue script, many pairs per pipeline."""
 
     def __init__(self, redis_url: str) -> None:
-        from pushskip.bench.resp import Resp
+        from bench.resp import Resp
 
         self.resp = Resp(redis_url)
         self.sha: dict[str, str] = {}

@@ -17,10 +17,10 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from pushskip.bench.latency import Scenario
+from bench.latency import Scenario
 
 if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
+    from bench.runner import Bench
 
 KEEP = (
     "rate_target",
@@ -112,7 +112,7 @@ async def profile(bench: Bench, rate: float) -> dict[str, Any]:
     out = bench.workdir / "profile.json"
     app = await bench.start_app(
         "profiled-app",
-        wrapper=[sys.executable, "-m", "pushskip.bench.profiled", str(out), "--"],
+        wrapper=[sys.executable, "-m", "bench.profiled", str(out), "--"],
     )
     sc = Scenario(
         bench,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from pushskip.bench.procs import CpuMeter, rss_kib
+from bench.procs import CpuMeter, rss_kib
 
 if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
+    from bench.runner import Bench
 
 SETTLE_S = 2.0
 IGNORED_COMMANDS = {"info"}
