@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import report
 from bench.harness import UI, BenchConfig
 from bench.procs import REPO_ROOT
+from bench.report.files import write as write_report
 from bench.runner import PHASES, run_all
 
 
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
     with UI(show) as ui:
         ui.log(f"bench ({'quick' if args.quick else 'full'}): writing to {out}")
         results = asyncio.run(run_all(cfg, args, ui))
-        paths = report.write(results, out, plots=not args.no_plots)
+        paths = write_report(results, out, plots=not args.no_plots)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     if results["errors"]:
