@@ -1,4 +1,4 @@
-"""`pushskip bench --quick` runs end to end and writes a report with every section.
+"""`python -m bench --quick` runs end to end and writes a report with every section.
 
 A smoke test: it starts its own private Redis and app processes (loopback
 only, a few seconds per phase) and checks that the JSON has the expected
@@ -38,7 +38,7 @@ def sane_latency(stats: dict[str, Any], *, upper_ms: float = 60_000) -> None:
 def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "pushskip.bench", "--quick", "--no-progress", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--no-progress", "--out", str(out)],
         check=False,
         cwd=tmp_path,  # nothing may land in the repository
         env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -108,6 +108,7 @@ def test_wheel_holds_package_lua_and_static_and_nothing_else(wheel: Path) -> Non
     dist_info = {top for top in tops if top.endswith(".dist-info")}
     assert len(dist_info) == 1 and tops - dist_info == {"pushskip"}, sorted(tops)
     assert not [n for n in names if n.startswith(("tests/", "docs/", "bench/", "static/"))]
+    assert not [n for n in names if n.startswith("pushskip/bench")], "the bench is not shipped"
 
 
 def test_installed_wheel_is_what_imports_in_the_fresh_venv(venv: Path, scratch: Path) -> None:

@@ -1,10 +1,10 @@
-"""`pushskip bench`: push vs polling latency, saturation, capacity and floors, on this machine.
+"""`python -m bench`: push vs polling latency, saturation, capacity and floors, on this machine.
 
-Run `python -m pushskip bench` (full, ~6 minutes) or `--quick` (a smoke run
-under two minutes). It starts a private Redis and `pushskip serve` processes
-on loopback unless given --url / --redis-url, and writes
-bench/results/<date>.json, docs/benchmarks.md and docs/bench-*.png under --out.
-See docs/benchmarks.md.
+Run `python -m bench` from the repository root (full, ~6 minutes) or
+`--quick` (a smoke run under two minutes). It starts a private Redis and
+`pushskip serve` processes on loopback unless given --url / --redis-url, and
+writes bench/results/<date>.json, docs/benchmarks.md and docs/bench-*.png
+under --out. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,11 +16,17 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.harness import UI, BenchConfig
+from bench.procs import REPO_ROOT
+from bench.report.files import write as write_report
+from bench.runner import PHASES, run_all
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="pushskip bench",
+        prog="python -m bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -60,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--phases",
         default=None,
-        help="comma-separated subset of: micro,floors,latency,saturation,profile,capacity",
+        help=f"comma-separated subset of: {','.join(PHASES)}",
     )
     parser.add_argument(
         "--app-log-level",
@@ -119,8 +125,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _loopback(url: str) -> bool:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return True
@@ -130,8 +134,6 @@ def _loopback(url: str) -> bool:
 
 
 def default_out(quick: bool) -> Path:
-    from pushskip.bench.runner import REPO_ROOT
-
     if quick:
         return Path(tempfile.mkdtemp(prefix="pushskip-bench-quick-"))
     if (REPO_ROOT / "pyproject.toml").exists():
@@ -144,13 +146,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str]) -> int:
-    argv = list(argv)
-    if argv[:1] == ["--"]:  # `pushskip bench -- --quick`
-        argv = argv[1:]
-    args = parse_args(argv)
-    from pushskip.bench import report
-    from pushskip.bench.runner import UI, BenchConfig, run_all
-
+    args = parse_args(list(argv))
     cfg = BenchConfig.quick_config() if args.quick else BenchConfig()
     if args.sat_rates:
         cfg.sat_rates = tuple(float(r) for r in args.sat_rates.split(","))
@@ -159,9 +155,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     show = not args.no_progress and sys.stderr.isatty()
     with UI(show) as ui:
-        ui.log(f"pushskip bench ({'quick' if args.quick else 'full'}): writing to {out}")
+        ui.log(f"bench ({'quick' if args.quick else 'full'}): writing to {out}")
         results = asyncio.run(run_all(cfg, args, ui))
-        paths = report.write(results, out, plots=not args.no_plots)
+        paths = write_report(results, out, plots=not args.no_plots)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     if results["errors"]:

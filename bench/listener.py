@@ -1,4 +1,4 @@
-"""The receiving side of the benchmark, in its own process (`python -m pushskip.bench.listener`).
+"""The receiving side of the benchmark, in its own process (`python -m bench.listener`).
 
 It holds the partners' WebSockets, the polling clients, and a Redis
 subscriber for the floor, so receiving never waits behind the HTTP load the
@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from pushskip.bench.httpc import HttpConn, HttpError, split_base
+from bench.httpc import HttpConn, HttpError, split_base
 
 MARK = "partner-skipped"
 CONNECT_TIMEOUT_S = 30.0

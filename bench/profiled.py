@@ -1,4 +1,4 @@
-"""`pushskip serve` under pyinstrument: `python -m pushskip.bench.profiled OUT.json -- serve ...`.
+"""`pushskip serve` under pyinstrument: `python -m bench.profiled OUT.json -- serve ...`.
 
 The profiler samples only between SIGUSR1 (start) and SIGUSR2 (stop, write),
 so session set-up and socket connects do not dilute the profile. The summary

@@ -16,15 +16,13 @@ import json
 import random
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pushskip.bench.httpc import HttpError, HttpPool
-from pushskip.bench.latency import paced
-from pushskip.bench.procs import CpuMeter, ServerProcess
-from pushskip.bench.stats import Sent, join
-
-if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
+from bench.harness import Bench
+from bench.httpc import HttpError, HttpPool
+from bench.latency import paced
+from bench.procs import CpuMeter, ServerProcess
+from bench.stats import Sent, join, slim
 
 CHANNEL = "pushskip-bench:floor"
 
@@ -78,7 +76,7 @@ async def starlette_push(
 ) -> dict[str, Any]:
     app = ServerProcess(
         "floor-app",
-        [sys.executable, "-m", "pushskip.bench.floorapp", "--port", "{port}"],
+        [sys.executable, "-m", "bench.floorapp", "--port", "{port}"],
         bench.child_env(),
         bench.workdir,
     )
@@ -145,3 +143,38 @@ async def starlette_push(
         pool.close()
         await listener.call("close_all")
         app.stop()
+
+
+async def phase_floors(bench: Bench, results: dict[str, Any]) -> None:
+    """The `floors` phase: results["floors"] (the Redis one only when there is a Redis URL)."""
+    cfg = bench.cfg
+    out: dict[str, Any] = {}
+    total = cfg.latency_warmup_s + cfg.floor_duration_s
+    if bench.redis_url is not None:
+        task = bench.ui.task("floor: Redis PUBLISH -> subscriber", total=total)
+        out["redis_pubsub"] = slim(
+            await redis_pubsub(
+                bench,
+                rate=cfg.latency_rate,
+                warmup_s=cfg.latency_warmup_s,
+                duration_s=cfg.floor_duration_s,
+                on_tick=lambda t: bench.ui.update(task, completed=t),
+            )
+        )
+        bench.ui.update(task, completed=total)
+    sockets = max(cfg.latency_pairs)
+    task = bench.ui.task(
+        f"floor: bare Starlette POST -> WebSocket ({sockets} sockets)", total=total
+    )
+    out["starlette_push"] = slim(
+        await starlette_push(
+            bench,
+            sockets=sockets,
+            rate=cfg.latency_rate,
+            warmup_s=cfg.latency_warmup_s,
+            duration_s=cfg.floor_duration_s,
+            on_tick=lambda t: bench.ui.update(task, completed=t),
+        )
+    )
+    bench.ui.update(task, completed=total)
+    results["floors"] = out

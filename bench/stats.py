@@ -75,3 +75,12 @@ def join(sent: dict[tuple[int, str], Sent], received: Iterable[Sequence[Any]]) -
         "errors": errors,
         "_latencies": latencies,
     }
+
+
+def slim(result: dict[str, Any]) -> dict[str, Any]:
+    """Keep the raw latencies only as a small histogram-friendly sample for the plots."""
+    lat = result.pop("_latencies", [])
+    lat.sort()
+    step = max(1, len(lat) // 2000)
+    result["sample_ms"] = [round(x, 3) for x in lat[::step]]
+    return result

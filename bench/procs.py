@@ -12,13 +12,30 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pushskip.bench.httpc import HttpConn, HttpError, split_base
+from bench.httpc import HttpConn, HttpError, split_base
 from pushskip.embedded import die_with_parent
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# `bench` is a top-level package of the repository, not an installed one.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def with_repo_on_path(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with the repository root on PYTHONPATH (appended, unless already there).
+
+    The children run `python -m bench.listener` and the like: they must find the
+    `bench` package even when the bench was started from another directory with
+    the repository on sys.path some other way, or when --app-env set PYTHONPATH.
+    """
+    out = dict(env)
+    entries = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(REPO_ROOT) not in entries:
+        out["PYTHONPATH"] = os.pathsep.join([*entries, str(REPO_ROOT)])
+    return out
 
 
 def free_port() -> int:
@@ -190,7 +207,7 @@ class ServerProcess:
 
 
 class ListenerClient:
-    """Drives `python -m pushskip.bench.listener` over its stdin/stdout."""
+    """Drives `python -m bench.listener` over its stdin/stdout."""
 
     def __init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
@@ -207,7 +224,8 @@ class ListenerClient:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "pushskip.bench.listener",
+            "bench.listener",
+            env=with_repo_on_path(os.environ),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=err,

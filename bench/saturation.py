@@ -15,12 +15,10 @@ import json
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pushskip.bench.latency import Scenario
-
-if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
+from bench.harness import Bench
+from bench.latency import Scenario
 
 KEEP = (
     "rate_target",
@@ -112,7 +110,7 @@ async def profile(bench: Bench, rate: float) -> dict[str, Any]:
     out = bench.workdir / "profile.json"
     app = await bench.start_app(
         "profiled-app",
-        wrapper=[sys.executable, "-m", "pushskip.bench.profiled", str(out), "--"],
+        wrapper=[sys.executable, "-m", "bench.profiled", str(out), "--"],
     )
     sc = Scenario(
         bench,
@@ -152,3 +150,37 @@ async def profile(bench: Bench, rate: float) -> dict[str, Any]:
     summary["profiler"] = "pyinstrument (statistical, 0.5 ms interval, async_mode=disabled)"
     summary["full_tree"] = str(out.with_suffix(".txt"))
     return summary
+
+
+async def phase_saturation(bench: Bench, results: dict[str, Any]) -> None:
+    """The `saturation` phase: results["saturation"]."""
+    cfg = bench.cfg
+    task = bench.ui.task(
+        f"saturation: stepping skips/s ({cfg.sat_pairs} pairs)", total=len(cfg.sat_rates)
+    )
+
+    def on_step(row: dict[str, Any]) -> None:
+        bench.ui.update(task, advance=1)
+        lat = row["latency_ms"]
+        bench.ui.log(
+            f"  {row['rate_target']:g}/s: achieved {row['rate_achieved']}/s, "
+            f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms -> {row['verdict']}"
+        )
+
+    results["saturation"] = await run(bench, on_step=on_step)
+    bench.ui.update(task, completed=len(cfg.sat_rates))
+
+
+async def phase_profile(bench: Bench, results: dict[str, Any]) -> None:
+    """The `profile` phase (after `saturation`, whose result sets its rate): results["profile"]."""
+    if bench.args.url:
+        results["profile"] = {"skipped": "profiling needs an app process the bench starts"}
+        return
+    cfg = bench.cfg
+    # Profile where the app still keeps up: the highest sustained step (an overloaded app
+    # spends its time failing requests, which is not where a healthy one spends it).
+    sustained = (results.get("saturation") or {}).get("max_sustained_rate") or 0
+    rate = float(sustained) if sustained else (cfg.sat_rates[-1] if cfg.quick else cfg.sat_target)
+    task = bench.ui.task(f"profile: pyinstrument at {rate:g} skips/s", total=1)
+    results["profile"] = await profile(bench, rate)
+    bench.ui.update(task, completed=1)

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bench.harness import Bench
 from pushskip.auth import new_user_id
 from pushskip.replies import EnqueueReply, SkipReply
 from pushskip.scripts import source
 from pushskip.store import Store, new_room_name
-
-if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
 
 BATCH = 200  # pairs per pipeline
 STALE_MS = str(3600 * 1000)
@@ -140,3 +138,16 @@ async def run(bench: Bench, *, seconds: float, on_tick: Any = None) -> dict[str,
         f"(requeue false); pipelined = batches of {BATCH} pairs"
     )
     return results
+
+
+async def phase_micro(bench: Bench, results: dict[str, Any]) -> None:
+    """The `micro` phase: results["micro"]."""
+    if bench.redis is None:
+        results["micro"] = {"skipped": "no Redis URL"}
+        return
+    task = bench.ui.task("micro: Lua scripts via Store", total=4)
+    results["micro"] = await run(
+        bench,
+        seconds=bench.cfg.micro_s,
+        on_tick=lambda name: bench.ui.update(task, advance=1),
+    )

@@ -10,12 +10,10 @@ every few seconds whatever the number of users.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pushskip.bench.procs import CpuMeter, rss_kib
-
-if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
+from bench.harness import Bench
+from bench.procs import CpuMeter, rss_kib
 
 SETTLE_S = 2.0
 IGNORED_COMMANDS = {"info"}
@@ -178,3 +176,18 @@ async def run(
         "ws": await _series(bench, "ws", counts, window_s, on_tick),
         "polling": await _series(bench, "poll", counts, window_s, on_tick),
     }
+
+
+async def phase_capacity(bench: Bench, results: dict[str, Any]) -> None:
+    """The `capacity` phase: results["capacity"]."""
+    cfg = bench.cfg
+    task = bench.ui.task(
+        f"capacity: idle sockets vs pollers {list(cfg.capacity_counts)}",
+        total=2 * len(cfg.capacity_counts),
+    )
+    results["capacity"] = await run(
+        bench,
+        counts=list(cfg.capacity_counts),
+        window_s=cfg.capacity_window_s,
+        on_tick=lambda name: bench.ui.update(task, advance=1),
+    )

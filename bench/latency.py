@@ -22,21 +22,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import random
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pushskip.bench.httpc import HttpError, HttpPool
-from pushskip.bench.procs import CpuMeter
-from pushskip.bench.stats import Sent, join
+from bench.harness import UI, Bench
+from bench.httpc import HttpError, HttpPool
+from bench.procs import CpuMeter
+from bench.stats import Sent, join, slim
 from pushskip.replies import EnqueueReply, ReplyError
 from pushskip.store import new_room_name
-
-if TYPE_CHECKING:
-    from pushskip.bench.runner import Bench
 
 SKIP_PATH = "/api/simple-matching/skip"
 SKIP_BODY = b'{"requeue":false}'
@@ -105,7 +104,7 @@ class RedisPairer:
     """Pairs (receiver, skipper) with the enqueue script, many pairs per pipeline."""
 
     def __init__(self, redis_url: str) -> None:
-        from pushskip.bench.resp import Resp
+        from bench.resp import Resp
 
         self.resp = Resp(redis_url)
         self.sha: dict[str, str] = {}
@@ -422,3 +421,52 @@ class Scenario:
             }
         )
         return result
+
+
+def _progress_to(ui: UI, task: Any, completed: float) -> None:
+    ui.update(task, completed=completed)
+
+
+async def phase_latency(bench: Bench, results: dict[str, Any]) -> None:
+    """The `latency` phase: WebSocket then polling for each pair count, results["latency"]."""
+    cfg = bench.cfg
+    app = bench.app_target()
+    runs = []
+    for pairs in cfg.latency_pairs:
+        for transport in ("ws", "poll"):
+            name = f"{transport}-{pairs}"
+            total = cfg.latency_warmup_s + cfg.latency_duration_s
+            task = bench.ui.task(
+                f"latency: {pairs} pairs over {'WebSocket' if transport == 'ws' else 'polling'} "
+                f"@ {cfg.latency_rate:g} skips/s",
+                total=total,
+            )
+            sc = Scenario(
+                bench,
+                name=name,
+                base=app.base,
+                ws_url=app.ws_url,
+                pairs=pairs,
+                transport=transport,
+                app_pid=app.pid,
+                seed=pairs,
+            )
+            setup = await sc.setup()
+            try:
+                result = await sc.run(
+                    cfg.latency_rate,
+                    cfg.latency_warmup_s,
+                    cfg.latency_duration_s,
+                    on_tick=functools.partial(_progress_to, bench.ui, task),
+                )
+            finally:
+                await sc.teardown()
+            result.update(setup)
+            bench.ui.update(task, completed=total)
+            lat = result["latency_ms"]
+            bench.ui.log(
+                f"  {name}: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
+                f"lost {result['lost']}, errors {result['errors']}"
+            )
+            runs.append(slim(result))
+    results["latency"] = runs

@@ -2,7 +2,7 @@
 
 No Redis, no auth, no hub: what Starlette + uvicorn alone take to turn an
 HTTP request into a WebSocket message, run under the same uvicorn settings
-as pushskip (`server.server_config`). `python -m pushskip.bench.floorapp --port N`.
+as pushskip (`server.server_config`). `python -m bench.floorapp --port N`.
 """
 
 from __future__ import annotations
