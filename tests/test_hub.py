@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,14 +122,6 @@ async def running_link(url: str) -> AsyncIterator[tuple[PubSubLink, Recorder, Re
         await the_link.stop()
         await pubsub.aclose()
         await commands.aclose()
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.close()
 
 
 async def test_subscribe_returns_once_redis_hears_the_channel(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,14 +27,6 @@ async def collect_seqs(ws: websockets.ClientConnection, until: int) -> list[int]
     while not seqs or seqs[-1] < until:
         seqs.append((await recv_json(ws, timeout=10))["seq"])
     return seqs
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.close()
 
 
 async def test_event_crosses_processes(redis: Redis, redis_server: EmbeddedRedis) -> None:
