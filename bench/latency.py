@@ -34,12 +34,14 @@ from bench.harness import UI, Bench
 from bench.httpc import HttpError, HttpPool
 from bench.procs import CpuMeter
 from bench.stats import Sent, join, slim
+from pushskip.config import DEFAULT_LOG_RETENTION_S
 from pushskip.replies import EnqueueReply, ReplyError
 from pushskip.store import new_room_name
 
 SKIP_PATH = "/api/simple-matching/skip"
 SKIP_BODY = b'{"requeue":false}'
 STALE_MS = str(3600 * 1000)
+RETENTION_MS = DEFAULT_LOG_RETENTION_S * 1000
 COOLDOWN_MARGIN_S = 0.25
 PAIR_BATCH = 500
 PAIR_COALESCE_S = 0.005
@@ -113,7 +115,8 @@ class RedisPairer:
         from pushskip.scripts import source
 
         if name not in self.sha:
-            (sha,) = await self.resp.pipeline([["SCRIPT", "LOAD", source(name).text]])
+            text = source(name, retention_ms=RETENTION_MS).text
+            (sha,) = await self.resp.pipeline([["SCRIPT", "LOAD", text]])
             self.sha[name] = sha
         return self.sha[name]
 

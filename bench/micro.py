@@ -14,8 +14,8 @@ from typing import Any
 
 from bench.harness import Bench
 from pushskip.auth import new_user_id
+from pushskip.config import DEFAULT_LOG_RETENTION_S
 from pushskip.replies import EnqueueReply, SkipReply
-from pushskip.scripts import source
 from pushskip.store import Store, new_room_name
 
 BATCH = 200  # pairs per pipeline
@@ -46,9 +46,11 @@ async def run(bench: Bench, *, seconds: float, on_tick: Any = None) -> dict[str,
     logging.getLogger("pushskip.store").setLevel(logging.WARNING)
     redis = bench.redis
     assert redis is not None
-    store = Store(redis, stale_s=3600, cooldown_s=bench.cfg.cooldown_s)
-    enqueue_sha = await redis.script_load(source("enqueue").text)
-    skip_sha = await redis.script_load(source("skip").text)
+    store = Store(
+        redis, stale_s=3600, cooldown_s=bench.cfg.cooldown_s, retention_s=DEFAULT_LOG_RETENTION_S
+    )
+    enqueue_sha = await redis.script_load(store.scripts.enqueue.source.text)
+    skip_sha = await redis.script_load(store.scripts.skip.source.text)
     results: dict[str, Any] = {}
 
     redis_time = {"calls": 0, "usec": 0}

@@ -198,12 +198,27 @@ def parse_after(raw: str | None) -> int:
         raise ApiError(400, str(exc)) from None
 
 
+def parse_epoch(raw: str | None) -> str | None:
+    try:
+        return events.parse_epoch(raw)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
 async def list_events(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The log after `after`; with a stale `epoch`, the whole current log and the state."""
     after = parse_after(request.query_params.get("after"))
+    epoch = parse_epoch(request.query_params.get("epoch"))
     found = services(request)
-    logged, last = await events.read_after(found.redis, me, after)
+    log = await events.read_log(found.redis, me, after)
+    payload: dict[str, Any] = {}
+    if epoch is not None and epoch != log.epoch:
+        # The client's seqs count in a log that is gone: start it over.
+        status = await found.store.status(me)
+        log = await events.read_log(found.redis, me, 0)
+        payload = {"reset": True, "state": status.state, "match": status.match}
     await found.store.touch(me)
-    return {"events": logged, "lastSeq": last}
+    return {"events": log.decoded(), "lastSeq": log.last_seq, "epoch": log.epoch, **payload}
 
 
 def routes() -> list[BaseRoute]:

@@ -25,6 +25,7 @@ from pushskip.hub import Hub
 from pushskip.link import PubSubLink
 from pushskip.metrics import Metrics
 from pushskip.ratelimit import RateLimiter
+from pushskip.retry import retry_read
 from pushskip.services import Services, services
 from pushskip.staticfiles import CachedStaticFiles
 from pushskip.store import Store
@@ -67,7 +68,7 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 async def healthz(request: Request) -> Response:
     found = services(request)
-    await found.redis.ping()
+    await retry_read(found.redis.ping)
     return JSONResponse({"success": True, "redis": "ok", "hub": found.hub.ready})
 
 
@@ -127,6 +128,7 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
                 redis,
                 stale_s=settings.queue_stale_s,
                 cooldown_s=settings.rematch_cooldown_s,
+                retention_s=settings.log_retention_s,
                 metrics=metrics,
             ),
             hub=hub,

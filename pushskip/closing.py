@@ -45,6 +45,12 @@ LIVE_UNAVAILABLE = CloseReason(
     "live_unavailable",
     "the pub/sub subscription could not be confirmed",
 )
+SERVER_ERROR = CloseReason(
+    1011,
+    "Internal error; poll events?after= and reconnect",
+    "server_error",
+    "an unexpected error in the server (logged)",
+)
 SHUTDOWN = CloseReason(
     1001,
     "Server shutting down; reconnect with after=",
@@ -52,5 +58,13 @@ SHUTDOWN = CloseReason(
     "the process is shutting down",
 )
 
-REASONS = (BAD_TOKEN, BAD_ORIGIN, BAD_REQUEST, SLOW_READER, REDIS_UNAVAILABLE, LIVE_UNAVAILABLE,
-           SHUTDOWN)
+REASONS = (
+    BAD_TOKEN,
+    BAD_ORIGIN,
+    BAD_REQUEST,
+    SLOW_READER,
+    REDIS_UNAVAILABLE,
+    LIVE_UNAVAILABLE,
+    SERVER_ERROR,
+    SHUTDOWN,
+)

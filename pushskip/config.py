@@ -31,6 +31,7 @@ DEFAULT_WS_SLOW_SEND_S = 2.0
 DEFAULT_RATE_PER_S = 20.0
 DEFAULT_RATE_BURST = 60
 DEFAULT_QUEUE_STALE_S = 30
+DEFAULT_LOG_RETENTION_S = 600
 DEFAULT_WATCHDOG_INTERVAL_S = 5.0
 DEFAULT_REDIS_TIMEOUT_S = 2.0
 DEFAULT_HOST = "127.0.0.1"
@@ -162,6 +163,11 @@ class Settings:
     queue_stale_s: int = setting(
         DEFAULT_QUEUE_STALE_S, "a waiting user not seen for this long is never matched"
     )
+    log_retention_s: int = setting(
+        DEFAULT_LOG_RETENTION_S,
+        "an event log (and its epoch) expires this long after its last event; API.md "
+        "promises 300 s, so keep it at least that",
+    )
     rate_per_s: float = setting(
         DEFAULT_RATE_PER_S, "per-user request rate limit (per process), requests per second"
     )
@@ -251,3 +257,7 @@ def docs_table() -> str:
         if spec.env:
             rows.append(f"| `{spec.env}` | {spec.shown_default} | {spec.doc} |")
     return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # `python -m pushskip.config`: print the README's table
+    print(docs_table(), end="")

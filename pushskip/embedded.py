@@ -163,6 +163,14 @@ class EmbeddedRedis:
         if process.stderr:
             process.stderr.close()
 
+    def discard_data(self) -> None:
+        """Delete the stopped server's data files: the next start() is a Redis that lost it all."""
+        if self.running:
+            raise EmbeddedRedisError("stop the server before discarding its data")
+        shutil.rmtree(self.directory / "appendonlydir", ignore_errors=True)
+        for name in ("appendonly.aof", "dump.rdb"):
+            (self.directory / name).unlink(missing_ok=True)
+
     def close(self) -> None:
         """Stop the server and remove its directory if we made it."""
         self.stop()

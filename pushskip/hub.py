@@ -102,12 +102,17 @@ class Subscriber:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def next(self) -> Item | None:
-        """The oldest queued item; None when woken with nothing queued (look at close_reason)."""
+    async def next(self, timeout: float | None = None) -> Item | None:
+        """The oldest queued item; None when woken with nothing queued (look at
+        close_reason) or when `timeout` seconds pass first."""
         if not self._items and self.close_reason is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                if timeout is None:
+                    await waiter
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiter, timeout)
             finally:
                 self._waiter = None
         return self._items.pop(0) if self._items else None

@@ -33,9 +33,12 @@ PAIRING_SCAN_LIMIT = 200
 # rematch-cooldown:{a}:{b} with a < b: set by a skip, blocks re-pairing a and b.
 REMATCH_COOLDOWN = "rematch-cooldown:"
 
-# Per-user event log: a stream whose entry ids are "<seq>-0", and the counter.
+# Per-user event log: a stream whose entry ids are "<seq>-0", its counter, and
+# its epoch (a new one whenever the log starts anew; API.md, Epochs). The three
+# expire together, a retention (PUSHSKIP_LOG_RETENTION_S) after the last event.
 EVENT_LOG = "events:"
 EVENT_SEQ = "events-seq:"
+EVENT_EPOCH = "events-epoch:"
 # The log keeps at least its last 100 events, each for at least 300 s.
 EVENT_LOG_MIN_EVENTS = 100
 EVENT_LOG_MIN_AGE_MS = 300_000
@@ -57,6 +60,10 @@ def event_seq(user_id: str) -> str:
     return EVENT_SEQ + user_id
 
 
+def event_epoch(user_id: str) -> str:
+    return EVENT_EPOCH + user_id
+
+
 def user_channel(user_id: str) -> str:
     return USER_CHANNEL + user_id
 
@@ -72,7 +79,7 @@ def rematch_cooldown(a: str, b: str) -> str:
     return f"{REMATCH_COOLDOWN}{lo}:{hi}"
 
 
-def lua_constants(log_keep_ms: int) -> str:
+def lua_constants(log_retention_ms: int) -> str:
     """The Lua prelude that gives every script the same names as this module."""
     values: dict[str, str | int] = {
         "K_MATCH": MATCH,
@@ -86,6 +93,7 @@ def lua_constants(log_keep_ms: int) -> str:
         "K_COOLDOWN": REMATCH_COOLDOWN,
         "K_LOG": EVENT_LOG,
         "K_SEQ": EVENT_SEQ,
+        "K_EPOCH": EVENT_EPOCH,
         "K_CHANNEL": USER_CHANNEL,
         "PRE_SKIP_TTL": PRE_SKIP_TTL_S,
         "SKIP_IN_PROGRESS_TTL": SKIP_IN_PROGRESS_TTL_S,
@@ -96,7 +104,7 @@ def lua_constants(log_keep_ms: int) -> str:
         "SCAN_LIMIT": PAIRING_SCAN_LIMIT,
         "LOG_MIN_EVENTS": EVENT_LOG_MIN_EVENTS,
         "LOG_MIN_AGE_MS": EVENT_LOG_MIN_AGE_MS,
-        "LOG_KEEP_MS": log_keep_ms,
+        "LOG_RETENTION_MS": log_retention_ms,
     }
     lines = []
     for name, value in values.items():

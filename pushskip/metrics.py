@@ -37,6 +37,11 @@ class Metrics:
             )
             for reason in closing.REASONS
         }
+        self.resets = Counter(
+            "pushskip_ws_resets",
+            "Hellos with reset: the client's log epoch was gone (expired, or lost by Redis)",
+            registry=r,
+        )
         self.redis_reconnects = Counter(
             "pushskip_hub_redis_reconnects", "Pub/sub connections re-established", registry=r
         )

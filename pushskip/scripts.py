@@ -24,9 +24,6 @@ from redis.exceptions import ResponseError
 from pushskip import keys
 
 SCRIPT_NAMES = ("enqueue", "skip", "leave", "check_disconnect", "touch")
-# Logs and counters live a day past the longest token, so a seq never restarts
-# while a client could still hold a token that remembers it.
-LOG_KEEP_MS = 25 * 3600 * 1000
 _LINE = re.compile(r"user_script:(\d+)")
 
 
@@ -56,14 +53,22 @@ class Source:
         return _LINE.sub(lambda m: self.where(int(m.group(1))), message)
 
 
+def _lua(file: str) -> str:
+    return (resources.files("pushskip") / "lua" / file).read_text()
+
+
 @cache
-def source(name: str) -> Source:
-    """The full text of a script: constants, shared helpers, then its body."""
-    folder = resources.files("pushskip") / "lua"
+def source(name: str, *, retention_ms: int) -> Source:
+    """The full text of a script: constants, shared helpers, then lua/<name>.lua."""
+    return compose(f"{name}.lua", _lua(f"{name}.lua"), retention_ms=retention_ms)
+
+
+def compose(file: str, body: str, *, retention_ms: int) -> Source:
+    """Constants and shared helpers, then `body` (named `file` in error messages)."""
     pieces = [
-        ("keys.py (generated constants)", keys.lua_constants(LOG_KEEP_MS)),
-        ("lib.lua", (folder / "lib.lua").read_text()),
-        (f"{name}.lua", (folder / f"{name}.lua").read_text()),
+        ("keys.py (generated constants)", keys.lua_constants(retention_ms)),
+        ("lib.lua", _lua("lib.lua")),
+        (file, body if body.endswith("\n") else body + "\n"),
     ]
     parts: list[tuple[int, str]] = []
     line = 1
@@ -72,14 +77,14 @@ def source(name: str) -> Source:
             raise ValueError(f"{file} must end with a newline")
         parts.append((line, file))
         line += piece.count("\n")
-    return Source(name, "".join(piece for _, piece in pieces), tuple(parts))
+    return Source(file, "".join(piece for _, piece in pieces), tuple(parts))
 
 
 class Script:
     """One registered script: call it with its ARGV, get its JSON reply text."""
 
-    def __init__(self, redis: Redis, name: str) -> None:
-        self.source = source(name)
+    def __init__(self, redis: Redis, name: str, *, retention_ms: int) -> None:
+        self.source = source(name, retention_ms=retention_ms)
         self._script = redis.register_script(self.source.text)
 
     def __repr__(self) -> str:
@@ -102,5 +107,8 @@ class Scripts:
     touch: Script
 
     @classmethod
-    def register(cls, redis: Redis) -> Scripts:
-        return cls(**{name: Script(redis, name) for name in SCRIPT_NAMES})
+    def register(cls, redis: Redis, *, retention_ms: int) -> Scripts:
+        """Every script, with event logs kept `retention_ms` after their last event."""
+        return cls(
+            **{name: Script(redis, name, retention_ms=retention_ms) for name in SCRIPT_NAMES}
+        )

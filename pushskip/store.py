@@ -27,6 +27,7 @@ from pushskip.replies import (
     SkipReply,
     State,
 )
+from pushskip.retry import retry_read
 from pushskip.scripts import Scripts
 
 logger = logging.getLogger("pushskip.store")
@@ -54,6 +55,8 @@ class UserStatus:
     state: State
     match: Match | None
     last_seq: int
+    # The epoch of the user's event log; None while they have none.
+    epoch: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,11 +70,17 @@ class LeftBehind:
 
 class Store:
     def __init__(
-        self, redis: Redis, *, stale_s: int, cooldown_s: int, metrics: Metrics | None = None
+        self,
+        redis: Redis,
+        *,
+        stale_s: int,
+        cooldown_s: int,
+        retention_s: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = redis
         self.metrics = metrics
-        self.scripts = Scripts.register(redis)
+        self.scripts = Scripts.register(redis, retention_ms=retention_s * 1000)
         self._stale_ms = str(stale_s * 1000)
         self._cooldown_s = str(cooldown_s)
 
@@ -103,13 +112,20 @@ class Store:
         return LeaveReply.decode(await self.scripts.leave(me))
 
     async def status(self, me: str) -> UserStatus:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(keys.match(me))
-            pipe.zscore(keys.QUEUE, me)
-            pipe.get(keys.event_seq(me))
-            raw, queued, last = await pipe.execute()
-        state: State = "matched" if raw else ("waiting" if queued is not None else "idle")
-        return UserStatus(state, match_view(raw, me) if raw else None, int(last or 0))
+        """Where `me` stands, and their log's last seq and epoch, at one moment."""
+
+        async def read() -> UserStatus:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.get(keys.match(me))
+                pipe.zscore(keys.QUEUE, me)
+                pipe.get(keys.event_seq(me))
+                pipe.get(keys.event_epoch(me))
+                raw, queued, last, epoch = await pipe.execute()
+            state: State = "matched" if raw else ("waiting" if queued is not None else "idle")
+            match = match_view(raw, me) if raw else None
+            return UserStatus(state, match, int(last or 0), epoch)
+
+        return await retry_read(read)
 
     async def touch(self, me: str) -> None:
         """Mark a waiting user as alive, so their queue entry does not go stale."""
@@ -121,11 +137,13 @@ class Store:
 
     async def check_room_valid(self, me: str, room: str) -> str | None:
         """Why `room` is no longer valid for `me`, or None when it is."""
-        deleted, in_progress, forced, raw = await self.redis.mget(
-            keys.ROOM_DELETED + room,
-            keys.SKIP_IN_PROGRESS + me,
-            keys.FORCE_DISCONNECT + me,
-            keys.match(me),
+        deleted, in_progress, forced, raw = await retry_read(
+            lambda: self.redis.mget(
+                keys.ROOM_DELETED + room,
+                keys.SKIP_IN_PROGRESS + me,
+                keys.FORCE_DISCONNECT + me,
+                keys.match(me),
+            )
         )
         # Flags hold the room they were set for: one from another room says
         # nothing about this one.
@@ -141,7 +159,9 @@ class Store:
 
     async def left_behind(self, me: str) -> LeftBehind | None:
         """The skip that left `me` alone, or None (none, or re-paired since: an old room)."""
-        raw_match, raw_note = await self.redis.mget(keys.match(me), keys.SKIP_NOTIFICATION + me)
+        raw_match, raw_note = await retry_read(
+            lambda: self.redis.mget(keys.match(me), keys.SKIP_NOTIFICATION + me)
+        )
         if raw_note is None or raw_match is not None:
             return None
         note = json.loads(raw_note)

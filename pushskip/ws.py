@@ -3,9 +3,13 @@
 Order matters for "no gap, no duplicate": the socket subscribes first (the
 hub returns once Redis confirms the SUBSCRIBE), then reads the state and the
 log, then drains the live events that queued meanwhile. The writer keeps the
-last seq it sent: it drops anything at or below it, and an event that skips
-ahead makes it read the missing ones from the log first. The same rule
-serves replay, the seam, and the hub's RESYNC after a Redis fault.
+epoch and the last seq it sent: it drops anything at or below that seq, and
+an event that skips ahead, or belongs to a new epoch, makes it read the log
+first. The same rule serves replay, the seam, the hub's RESYNC after a Redis
+fault, and a log that Redis lost (a `hello` with `"reset": true`).
+
+Redis being away closes no socket: the writer waits and reads the log again
+when Redis answers, so every missed event still arrives, in order, once.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ import asyncio
 import contextlib
 import json
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pushskip import closing, events
@@ -25,11 +32,19 @@ from pushskip.closing import CloseReason
 from pushskip.hub import PONG, RESYNC, HubUnavailable, Subscriber
 from pushskip.metrics import Metrics
 from pushskip.services import Services, services
+from pushskip.store import UserStatus
 
 logger = logging.getLogger("pushskip.ws")
 
 CLOSE_TIMEOUT_S = 2.0
 MAX_CLIENT_MESSAGE = 1024
+PONG_TEXT = '{"type":"pong"}'
+# While Redis is away, a socket that is behind retries its log read this often
+# (doubling), and at once when the pub/sub link is back (RESYNC).
+RETRY_START_S = 0.1
+RETRY_MAX_S = 2.0
+# Redis is unreachable, restarting, loading its data or too slow: wait for it.
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -42,16 +57,40 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
 
+def hello(status: UserStatus, poll_interval_ms: int, user_id: str, *, reset: bool) -> str:
+    message: dict[str, Any] = {
+        "type": "hello",
+        "userId": user_id,
+        "state": status.state,
+        "match": status.match,
+        "lastSeq": status.last_seq,
+        "epoch": status.epoch,
+        "pollIntervalMs": poll_interval_ms,
+    }
+    if reset:
+        message["reset"] = True
+    return json.dumps(message)
+
+
 class Connection:
-    """One accepted socket: sends events in seq order, each at most once."""
+    """One accepted socket: sends events in seq order, each at most once, per epoch.
+
+    `epoch` is the log epoch the client was last told of (None: it has no
+    log). An event of another epoch means the log started anew: the client
+    gets a `hello` with `"reset": true` and the new log from its start, unless
+    it had no log yet, in which case it simply starts counting in the new one.
+    While Redis is away the socket stays open and waits (`behind`): every
+    event it misses is in the log, read when Redis answers again.
+    """
 
     def __init__(
-        self, websocket: WebSocket, found: Services, sub: Subscriber, last_sent: int
+        self, websocket: WebSocket, found: Services, sub: Subscriber, status: UserStatus
     ) -> None:
         self.websocket = websocket
+        self.found = found
         self.sub = sub
-        self.last_sent = last_sent
-        self.redis = found.redis
+        self.epoch = status.epoch
+        self.last_sent = status.last_seq
         self.metrics = found.metrics
         self.loop = asyncio.get_running_loop()
         self.peer_gone = False
@@ -68,33 +107,68 @@ class Connection:
         finally:
             self.sub.sending_since = None
 
+    def same_log(self, epoch: str | None) -> bool:
+        """Whether `epoch` continues what the client has (adopting it if the client had none)."""
+        if epoch == self.epoch:
+            return True
+        if self.epoch is None and self.last_sent == 0:
+            self.epoch = epoch
+            return True
+        return False
+
+    async def send_reset(self) -> None:
+        """Tell the client its log is gone: a new hello, and count again from seq 0."""
+        status = await self.found.store.status(self.sub.user_id)
+        self.epoch = status.epoch
+        self.last_sent = 0
+        settings = self.found.settings
+        await self.send(hello(status, settings.poll_interval_ms, self.sub.user_id, reset=True))
+        self.metrics.resets.inc()
+
     async def send_from_log(self) -> None:
-        """Send every logged event after the last one sent."""
+        """Send every logged event after the last one sent (after a reset, if the log is new)."""
         while True:
-            found, _ = await events.read_raw_after(self.redis, self.sub.user_id, self.last_sent)
-            for event in found:
+            log = await events.read_log(self.found.redis, self.sub.user_id, self.last_sent)
+            if not self.same_log(log.epoch):
+                await self.send_reset()
+                continue
+            for event in log.events:
                 if event.seq > self.last_sent:
                     await self.send(event.text)
                     self.last_sent = event.seq
                     self.metrics.replayed.inc()
-            if len(found) < events.READ_LIMIT:
+            if len(log.events) < events.READ_LIMIT:
                 return
 
     async def write(self) -> None:
         sub = self.sub
+        behind = True  # the replay after hello is the first catch-up
+        retry_in = RETRY_START_S
         while sub.close_reason is None and not self.peer_gone:
+            if behind:
+                try:
+                    await self.send_from_log()
+                    behind, retry_in = False, RETRY_START_S
+                except REDIS_AWAY as exc:
+                    logger.info("log of %s unreadable: %r; retrying", sub.user_id, exc)
+                    # A RESYNC (the link is back) or the timer, whichever first.
+                    if await sub.next(timeout=retry_in) == PONG:
+                        await self.send(PONG_TEXT)
+                    retry_in = min(retry_in * 2, RETRY_MAX_S)
+                continue
             item = await sub.next()
             if item == PONG:
-                await self.send('{"type":"pong"}')
+                await self.send(PONG_TEXT)
             elif item == RESYNC:
-                await self.send_from_log()
+                behind = True
+            elif isinstance(item, events.RawEvent) and (
+                not self.same_log(item.epoch) or item.seq > self.last_sent + 1
+            ):
+                behind = True  # a new log, or a gap: both are read from the log
             elif isinstance(item, events.RawEvent) and item.seq > self.last_sent:
-                if item.seq > self.last_sent + 1:
-                    await self.send_from_log()
-                if item.seq > self.last_sent:
-                    await self.send(item.text)
-                    self.last_sent = item.seq
-                    self.metrics.delivered.inc()
+                await self.send(item.text)
+                self.last_sent = item.seq
+                self.metrics.delivered.inc()
 
     async def read(self) -> None:
         while True:
@@ -129,12 +203,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     try:
         after = events.parse_seq(websocket.query_params.get("after"))
+        epoch = events.parse_epoch(websocket.query_params.get("epoch"))
     except ValueError as exc:
         await close_quietly(websocket, closing.BAD_REQUEST.because(str(exc)), found.metrics)
         return
     try:
         async with found.hub.subscribe(user_id) as sub:
-            await serve(websocket, found, sub, after)
+            await serve(websocket, found, sub, after, epoch)
     except HubUnavailable as exc:
         if found.hub.closing:
             await close_quietly(websocket, closing.SHUTDOWN, found.metrics)
@@ -145,7 +220,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 async def serve(
-    websocket: WebSocket, found: Services, sub: Subscriber, after: int | None
+    websocket: WebSocket, found: Services, sub: Subscriber, after: int | None, epoch: str | None
 ) -> None:
     """Run one socket until the client leaves or the hub asks it to close.
 
@@ -159,30 +234,27 @@ async def serve(
     except RedisError:
         await close_quietly(websocket, closing.REDIS_UNAVAILABLE, found.metrics)
         return
-    # A client ahead of the log (it outlived a Redis that lost its data)
-    # resumes from what the log has.
-    start = status.last_seq if after is None or after > status.last_seq else after
-    await websocket.send_json(
-        {
-            "type": "hello",
-            "userId": sub.user_id,
-            "state": status.state,
-            "match": status.match,
-            "lastSeq": status.last_seq,
-            "pollIntervalMs": found.settings.poll_interval_ms,
-        }
-    )
-    conn = Connection(websocket, found, sub, start)
+    # A client of another epoch gets the whole log; one without an epoch that
+    # is ahead of the log (an old client that outlived a Redis that lost its
+    # data) resumes from what the log has.
+    reset = epoch is not None and epoch != status.epoch
+    conn = Connection(websocket, found, sub, status)
+    if reset:
+        conn.last_sent = 0
+        found.metrics.resets.inc()
+    elif after is not None and after <= status.last_seq:
+        conn.last_sent = after
+    await conn.send(hello(status, found.settings.poll_interval_ms, sub.user_id, reset=reset))
     reader = asyncio.create_task(conn.read())
     reader.add_done_callback(conn.on_reader_done)
     found.metrics.sockets.inc()
     try:
-        await conn.send_from_log()
         await conn.write()
-    except RedisError:
-        sub.close(closing.REDIS_UNAVAILABLE)
     except WebSocketDisconnect:
         pass
+    except Exception:
+        logger.exception("socket of %s failed", sub.user_id)
+        sub.close(closing.SERVER_ERROR)
     finally:
         found.metrics.sockets.dec()
         reader.remove_done_callback(conn.on_reader_done)

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 from redis.asyncio import Redis
 
-from pushskip import keys
-from pushskip.scripts import LOG_KEEP_MS
+from pushskip.config import DEFAULT_LOG_RETENTION_S
+from pushskip.scripts import compose
 
 _BODY = "return append_event(ARGV[1], {type = ARGV[2]}, now_ms())"
 
 
-def _source() -> str:
-    lib = (resources.files("pushskip") / "lua" / "lib.lua").read_text()
-    return keys.lua_constants(LOG_KEEP_MS) + lib + _BODY
-
-
-async def append_events(redis: Redis, user_id: str, count: int, kind: str = "test") -> list[int]:
+async def append_events(
+    redis: Redis,
+    user_id: str,
+    count: int,
+    kind: str = "test",
+    *,
+    retention_s: int = DEFAULT_LOG_RETENTION_S,
+) -> list[int]:
     """Append `count` events of type `kind` to the user's log (and publish them); their seqs."""
-    script = redis.register_script(_source())
+    source = compose("append_events.lua", _BODY, retention_ms=retention_s * 1000)
+    script = redis.register_script(source.text)
     seqs: list[int] = []
     for start in range(0, count, 200):
         async with redis.pipeline(transaction=False) as pipe:

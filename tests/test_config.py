@@ -26,7 +26,7 @@ def test_every_field_is_a_declared_setting() -> None:
 def test_readme_configuration_table_is_the_generated_one() -> None:
     """README's configuration table is exactly what config.docs_table() renders."""
     readme = (REPO / "README.md").read_text()
-    assert config.docs_table() in readme
+    assert config.docs_table() in readme, "paste `python -m pushskip.config` into README.md"
 
 
 def test_api_doc_names_every_variable() -> None:

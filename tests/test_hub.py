@@ -25,7 +25,7 @@ RACE_ROUNDS = 50
 
 
 def event(seq: int) -> RawEvent:
-    return RawEvent(seq, f'{{"type":"x","seq":{seq}}}')
+    return RawEvent(seq, f'{{"type":"x","seq":{seq}}}', None)
 
 
 async def test_subscriber_hands_out_items_in_order() -> None:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable
-from importlib import resources
 from typing import Any
 
 import httpx
@@ -376,9 +375,8 @@ async def test_split_pair_can_meet_again_after_cooldown(
 )
 async def test_cooldown_key_is_the_same_in_lua_and_python(redis: Redis, x: str, y: str) -> None:
     """Lua and keys.rematch_cooldown name the same key, whatever the ids' case/punctuation."""
-    lib = (resources.files("pushskip") / "lua" / "lib.lua").read_text()
     body = "return cooldown_key(ARGV[1], ARGV[2])"
-    source = keys.lua_constants(scripts.LOG_KEEP_MS) + lib + body
+    source = scripts.compose("test.lua", body, retention_ms=60_000).text
     for first, second in ((x, y), (y, x)):
         assert await redis.eval(source, 0, first, second) == keys.rematch_cooldown(x, y)
 

@@ -16,8 +16,10 @@ from pushskip.replies import (
     ReplyError,
     SkipReply,
 )
-from pushskip.scripts import Script, ScriptError
+from pushskip.scripts import Script, ScriptError, Scripts
 from pushskip.store import new_room_name
+
+RETENTION_MS = 60_000
 
 
 def line_of(file: str, needle: str) -> int:
@@ -28,7 +30,7 @@ def line_of(file: str, needle: str) -> int:
 @pytest.mark.parametrize("name", scripts.SCRIPT_NAMES)
 def test_source_maps_each_line_back_to_its_file(name: str) -> None:
     """Every line of a script's full text maps to the same line of the file it came from."""
-    source = scripts.source(name)
+    source = scripts.source(name, retention_ms=RETENTION_MS)
     lib = (resources.files("pushskip") / "lua" / "lib.lua").read_text().splitlines()
     body = (resources.files("pushskip") / "lua" / f"{name}.lua").read_text().splitlines()
     files = {"lib.lua": lib, f"{name}.lua": body}
@@ -42,7 +44,7 @@ def test_source_maps_each_line_back_to_its_file(name: str) -> None:
 
 async def test_a_failing_script_names_the_lua_file_and_line(redis: Redis) -> None:
     """A Lua error inside lib.lua, raised through a real Redis, says `lib.lua:<line>`."""
-    enqueue = Script(redis, "enqueue")
+    enqueue = Script(redis, "enqueue", retention_ms=RETENTION_MS)
     await enqueue(new_user_id(), new_room_name(), "60000")  # someone waiting
     with pytest.raises(ScriptError) as info:
         # A stale_ms that is not a number fails where lib.lua compares against it.
@@ -55,8 +57,10 @@ async def test_a_failing_script_names_the_lua_file_and_line(redis: Redis) -> Non
 async def test_script_replies_decode_by_name(redis: Redis) -> None:
     """enqueue, skip, leave and check_disconnect answer JSON objects their dataclasses read."""
     a, b = new_user_id(), new_user_id()
-    enqueue, skip = Script(redis, "enqueue"), Script(redis, "skip")
-    leave, check = Script(redis, "leave"), Script(redis, "check_disconnect")
+    registered = Scripts.register(redis, retention_ms=RETENTION_MS)
+    enqueue, skip, leave, check = (
+        registered.enqueue, registered.skip, registered.leave, registered.check_disconnect
+    )
     assert EnqueueReply.decode(await enqueue(a, new_room_name(), "60000")) == EnqueueReply(
         "waiting", None
     )

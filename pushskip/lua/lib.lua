@@ -21,19 +21,31 @@ local function match_view(m, me)
 end
 
 -- Appends an event to the user's log and publishes the same bytes on the
--- user's channel. seq rises by one per user. The log keeps every event that
--- is among the last LOG_MIN_EVENTS or younger than LOG_MIN_AGE_MS; older
--- ones are dropped a few per append, so trimming is amortised O(1).
+-- user's channel. seq rises by one per user within the log's epoch. A log
+-- whose epoch or counter is missing (it expired, or Redis lost it) starts
+-- anew: a new epoch, an empty stream, seq 1. Every event names its epoch, and
+-- the three keys expire together LOG_RETENTION_MS after the last event. The
+-- log keeps every event that is among the last LOG_MIN_EVENTS or younger than
+-- LOG_MIN_AGE_MS; older ones are dropped a few per append (amortised O(1)).
 local function append_event(user, ev, now)
-  local seq_key = K_SEQ .. user
-  local log = K_LOG .. user
-  local seq = redis.call('INCR', seq_key)
+  local seq_key, log, epoch_key = K_SEQ .. user, K_LOG .. user, K_EPOCH .. user
+  local epoch = redis.call('GET', epoch_key)
+  local seq = redis.call('GET', seq_key)
+  if not epoch or not seq then
+    local t = redis.call('TIME')
+    epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+    redis.call('DEL', log)
+    seq = 0
+  end
+  seq = tonumber(seq) + 1
+  redis.call('SET', epoch_key, epoch, 'PX', LOG_RETENTION_MS)
+  redis.call('SET', seq_key, seq, 'PX', LOG_RETENTION_MS)
   ev.seq = seq
   ev.at = now
+  ev.epoch = epoch
   local payload = cjson.encode(ev)
   redis.call('XADD', log, seq .. '-0', 'e', payload, 'at', now)
-  redis.call('PEXPIRE', seq_key, LOG_KEEP_MS)
-  redis.call('PEXPIRE', log, LOG_KEEP_MS)
+  redis.call('PEXPIRE', log, LOG_RETENTION_MS)
   if seq > LOG_MIN_EVENTS then
     local old = redis.call('XRANGE', log, '-', tostring(seq - LOG_MIN_EVENTS), 'COUNT', 8)
     for _, entry in ipairs(old) do
