@@ -48,6 +48,7 @@ if (channel) channel.onmessage = (e) => e.data && e.data.tab !== TAB_ID && recei
 const fmtMs = (ms) => (ms < 10 ? ms.toFixed(1) : String(Math.round(ms)));
 const shortId = (id) => (id ? `${id.slice(0, 8)}…` : '');
 const shortRoom = (room) => (room ? room.replace(/^room-/, '').slice(0, 8) : '');
+const shortEpoch = (epoch) => (epoch == null ? 'none' : epoch.length > 8 ? `…${epoch.slice(-6)}` : epoch);
 
 function timeOfDay(ms) {
   const d = new Date(ms);
@@ -127,7 +128,9 @@ class Pane {
   _wire() {
     const c = this.client;
     c.on('session', ({ userId, renewed, resumed }) => {
-      if (resumed) this.note(`resumed session ${shortId(userId)} after event #${c.lastSeq}`);
+      if (resumed) {
+        this.note(`resumed session ${shortId(userId)} after event #${c.lastSeq} (epoch ${shortEpoch(c.epoch)})`);
+      }
       else if (renewed) this.note(`session no longer valid: new session ${shortId(userId)}`, 'warn');
       else this.note(`new session ${shortId(userId)}`);
       this.render();
@@ -141,14 +144,33 @@ class Pane {
       this.render();
     });
     c.on('log', ({ message, level }) => {
-      // The toggle and the session handler write their own lines.
-      if (message.startsWith('socket turned') || message.startsWith('session renewed')) return;
+      // The toggle, the session and the reset handlers write their own lines.
+      const own = ['socket turned', 'session renewed', 'event log reset'];
+      if (own.some((prefix) => message.startsWith(prefix))) return;
       this.note(message, level === 'warn' ? 'warn' : 'info');
     });
     c.on('skip-sent', ({ roomName, sentAt }) => {
       if (roomName) share({ type: 'skip-sent', roomName, sentAt, pane: this.name });
     });
+    c.on('reset', (reset) => this.onReset(reset));
     c.on('event', (event, meta) => this.onEvent(event, meta));
+  }
+
+  /** The server's event log started anew (Redis lost it, or it expired): seqs count from 1 again. */
+  onReset({ epoch, previous, state, match, lastSeq, via }) {
+    const now = state === 'matched' ? `matched with ${partnerLabel(match?.partnerId)}` : state;
+    const replay = lastSeq ? `, replaying its ${lastSeq} event${lastSeq === 1 ? '' : 's'}` : '';
+    this.log.push({
+      t: clock(),
+      kind: 'warn',
+      reset: epoch ?? '',
+      text:
+        `event log reset (epoch ${shortEpoch(previous)} → ${shortEpoch(epoch)}, via ${via}): ` +
+        `state ${now}${replay}`,
+    });
+    if (state === 'matched') this.banner = null;
+    this.save();
+    this.render();
   }
 
   onEvent(event, meta) {
@@ -167,6 +189,7 @@ class Pane {
       t: clock(),
       kind: 'event',
       seq: event.seq,
+      epoch: event.epoch ?? null,
       type: event.type,
       text,
       via: meta.replay ? `${meta.via}, replay` : meta.via,
@@ -331,7 +354,9 @@ class Pane {
     this.renderSkips();
     this.renderEstimate();
     this.renderLog();
-    ui.stats.textContent = `seq ${c.lastSeq} · ${c.stats.polls} polls · ${c.stats.duplicates} dupes dropped`;
+    ui.stats.textContent =
+      `seq ${c.lastSeq} · epoch ${shortEpoch(c.epoch)} · ${c.stats.polls} polls · ` +
+      `${c.stats.duplicates} dupes dropped${c.stats.resets ? ` · log reset ×${c.stats.resets}` : ''}`;
   }
 
   scaleMs() {
@@ -394,7 +419,9 @@ class Pane {
         if (entry.seq != null) {
           li.dataset.seq = String(entry.seq);
           li.dataset.type = entry.type;
+          if (entry.epoch != null) li.dataset.epoch = entry.epoch;
         }
+        if (entry.reset != null) li.dataset.reset = entry.reset;
         return li;
       });
     this.ui.log.replaceChildren(...items);

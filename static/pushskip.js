@@ -7,12 +7,24 @@
 //   await c.start();      // session (POST /api/session, or the stored one), then /ws
 //   await c.enqueue();
 //
-// Transport: a WebSocket first (/ws?token=...&after=<lastSeq>). While it is
-// down the client polls GET /api/simple-matching/events?after=<lastSeq> every
+// Transport: a WebSocket first (/ws?token=...&after=<lastSeq>&epoch=<epoch>).
+// While it is down the client polls
+// GET /api/simple-matching/events?after=<lastSeq>&epoch=<epoch> every
 // pollIntervalMs (from the server's hello, 500 ms by default) and reconnects
 // with exponential backoff and full jitter; once a new socket says hello,
 // polling stops. Events from either path go through one gate: de-duplicated
 // by seq and handed to handlers in seq order, each exactly once.
+//
+// Epochs: a user's event log has an epoch, a string that changes whenever the
+// log starts anew (it expired, or Redis lost its data). Seqs count within one
+// epoch and are compared only within it. The client keeps the epoch of its
+// lastSeq (null: it has seen no log yet) and sends both when it resumes. A
+// server whose log is another epoch answers with a reset (a hello, or an
+// events answer, with "reset": true): the client forgets its seqs, takes the
+// state it is given, emits 'reset', and then takes that log's events from
+// seq 1. A client with no epoch adopts the one its first events carry. An
+// event of another epoch that comes without a reset is never delivered: the
+// reset comes first (the socket) or on the next poll.
 //
 // State: 'idle' | 'waiting' | 'matched'. A snapshot (status call or hello)
 // describes the state after every event up to its lastSeq; events above it
@@ -31,7 +43,7 @@ const DEFAULTS = {
   keepAliveMs: 10_000, // re-enqueue while waiting (the server drops entries unseen for 30 s)
   requeue: true, // skip() puts me back in the queue
   autoRequeue: true, // partner skipped or left, and I still want a match: enqueue again
-  storage: null, // e.g. sessionStorage: keeps token, lastSeq and intent across reloads
+  storage: null, // e.g. sessionStorage: keeps token, lastSeq, epoch and intent across reloads
   storageKey: 'pushskip',
   socket: true, // false: start with the socket off (polling only)
   reconnectBaseMs: 500,
@@ -67,7 +79,8 @@ export class PushskipClient {
 
     this.userId = null;
     this.token = null;
-    this.lastSeq = 0; // highest seq delivered to handlers
+    this.lastSeq = 0; // highest seq delivered to handlers, in `epoch`
+    this.epoch = null; // the event log's epoch that lastSeq counts in; null: none seen yet
     this.state = 'idle';
     this.match = null;
     this.transport = 'offline'; // offline | connecting | websocket | polling
@@ -83,7 +96,15 @@ export class PushskipClient {
       httpRttMs: null, // smoothed HTTP round trip
       lastPollAt: null,
     };
-    this.stats = { delivered: 0, duplicates: 0, polls: 0, reconnects: 0, sessions: 0 };
+    this.stats = {
+      delivered: 0,
+      duplicates: 0,
+      otherEpoch: 0, // events of another log than ours, dropped (a reset comes instead)
+      resets: 0,
+      polls: 0,
+      reconnects: 0,
+      sessions: 0,
+    };
 
     this._handlers = new Map();
     this._ws = null;
@@ -93,8 +114,10 @@ export class PushskipClient {
     this._timers = {};
     this._polling = false;
     this._pollFailures = 0;
-    this._epoch = 0; // bumps whenever the state's source of truth moves
+    this._stateVersion = 0; // bumps whenever the state's source of truth moves
     this._snapshotSeq = 0;
+    this._snapshotEpoch = null; // the epoch _snapshotSeq counts in; null: unknown or no log
+    this._logVersion = 0; // bumps whenever `epoch` changes: a poll asked before is stale
     this._renewing = null;
     this._enqueuing = null;
     this._startPromise = null;
@@ -105,7 +128,12 @@ export class PushskipClient {
   // ---- events -------------------------------------------------------------
 
   /** on('matched' | 'partner-skipped' | 'partner-left' | 'event' | 'state' |
-   *  'transport' | 'session' | 'skip-sent' | 'log', fn). Returns an unsubscribe. */
+   *  'transport' | 'session' | 'skip-sent' | 'reset' | 'log', fn). Returns an unsubscribe.
+   *
+   *  'reset' gets { epoch, previous, state, match, lastSeq, via }: the server's log
+   *  started anew (epoch: the new one, null when there is no log; previous: ours),
+   *  the state is now the one it gave, and that log's events follow from seq 1
+   *  (those up to lastSeq as replays). */
   on(type, fn) {
     if (!this._handlers.has(type)) this._handlers.set(type, new Set());
     this._handlers.get(type).add(fn);
@@ -212,6 +240,7 @@ export class PushskipClient {
     this.options.storage?.removeItem(this.options.storageKey);
     this.userId = this.token = null;
     this.lastSeq = this._snapshotSeq = 0;
+    this.epoch = this._snapshotEpoch = null;
     this.wantMatch = false;
     this._setState('idle', null, 'forget');
   }
@@ -276,23 +305,26 @@ export class PushskipClient {
   /** Reads GET status and takes it as the current state. */
   async refresh() {
     let body;
+    let epoch;
     for (let i = 0; i < 3; i++) {
       body = await this._request('GET', STATUS);
-      // Events newer than this answer arrived meanwhile: ask again.
-      if (body.lastSeq >= this.lastSeq) break;
+      // An answer without an epoch counts in ours.
+      epoch = typeof body.epoch === 'string' || body.epoch === null ? body.epoch : this.epoch;
+      // Events newer than this answer arrived meanwhile (in the same log): ask again.
+      if (epoch !== this.epoch || !(body.lastSeq < this.lastSeq)) break;
     }
-    this._applySnapshot(body.state, body.match, body.lastSeq, 'status');
+    this._applySnapshot(body.state, body.match, body.lastSeq, epoch, 'status');
     return body;
   }
 
   async _action(name, payload, idempotent, toState) {
-    const epoch = this._epoch;
+    const version = this._stateVersion;
     const body = await this._request('POST', `/api/simple-matching/${name}`, payload, {
       idempotent,
     });
     const next = toState(body);
     const same = next && next[0] === this.state && roomOf(next[1]) === roomOf(this.match);
-    if (next && (this._epoch === epoch || same)) {
+    if (next && (this._stateVersion === version || same)) {
       this._setState(next[0], next[1], name);
     } else {
       await this.refresh().catch((err) => this._log(`status after ${name}: ${err.message}`, 'warn'));
@@ -335,17 +367,44 @@ export class PushskipClient {
     if (state === 'idle') this._maybeRequeue();
   }
 
-  _applySnapshot(state, match, lastSeq, source) {
-    if (typeof lastSeq === 'number' && lastSeq < this.lastSeq) {
-      // The server's log is behind what we saw (its Redis lost data): follow it,
-      // or every new event would look like a duplicate.
-      this._log(`server log restarted at seq ${lastSeq} (we had ${this.lastSeq})`, 'warn');
-      this.lastSeq = lastSeq;
-      this._save();
-    }
-    this._snapshotSeq = lastSeq ?? this.lastSeq;
-    this._epoch++;
+  /** Takes `state` as the truth after every event up to `lastSeq` of the log `epoch`. */
+  _applySnapshot(state, match, lastSeq, epoch, source) {
+    this._snapshotSeq = Number.isInteger(lastSeq) ? lastSeq : this.lastSeq;
+    this._snapshotEpoch = typeof epoch === 'string' ? epoch : null;
+    this._stateVersion++;
     this._setState(state, match, source);
+  }
+
+  /**
+   * The server's log is another epoch than ours (a hello or an events answer
+   * with "reset": true): start over at seq 0 in its epoch, take its state.
+   * `snapshot` is { epoch, state, match, lastSeq } as the server sent it.
+   */
+  _reset(snapshot, via) {
+    const previous = this.epoch;
+    const epoch = typeof snapshot.epoch === 'string' ? snapshot.epoch : null;
+    this.epoch = epoch;
+    this.lastSeq = 0;
+    this._logVersion++;
+    this.stats.resets++;
+    this._save();
+    this._applySnapshot(snapshot.state, snapshot.match, snapshot.lastSeq, epoch, 'reset');
+    const lastSeq = this._snapshotSeq;
+    this._log(
+      `event log reset (epoch ${previous ?? 'none'} → ${epoch ?? 'none'}, via ${via}): ` +
+        `state ${this.state}, ${lastSeq} event${lastSeq === 1 ? '' : 's'} in the new log`,
+      'warn',
+    );
+    this._emit('reset', { epoch, previous, state: this.state, match: this.match, lastSeq, via });
+  }
+
+  /** A client with no epoch takes the first one it hears of; seqs count from 0 in it. */
+  _adoptEpoch(epoch) {
+    if (this.epoch !== null || typeof epoch !== 'string') return;
+    this.epoch = epoch;
+    this.lastSeq = 0;
+    this._logVersion++;
+    this._save();
   }
 
   _applyEvent(event) {
@@ -359,10 +418,21 @@ export class PushskipClient {
     }
   }
 
-  /** The one gate every event passes: dedupe by seq, in order, exactly once. */
+  /** The one gate every event passes: same epoch, dedupe by seq, in order, exactly once. */
   _ingest(events, via, receivedAt) {
     const sorted = [...events].filter((e) => e && Number.isInteger(e.seq)).sort((a, b) => a.seq - b.seq);
     for (const event of sorted) {
+      // An event without an epoch counts in ours.
+      const epoch = typeof event.epoch === 'string' ? event.epoch : this.epoch;
+      this._adoptEpoch(epoch); // the log began after our hello or poll: no reset needed
+      if (epoch !== this.epoch) {
+        // Another log than ours: its seqs mean nothing against lastSeq. The
+        // reset that restarts our count comes first on a socket, or answers
+        // the next poll; until then nothing of that log is delivered.
+        this.stats.otherEpoch++;
+        this._log(`event #${event.seq} of epoch ${epoch} ignored: ours is ${this.epoch}, a reset is due`, 'warn');
+        continue;
+      }
       if (event.seq <= this.lastSeq) {
         this.stats.duplicates++;
         continue;
@@ -373,8 +443,9 @@ export class PushskipClient {
       this.lastSeq = event.seq;
       this._save();
       this.stats.delivered++;
-      this._epoch++;
-      const replay = event.seq <= this._snapshotSeq;
+      this._stateVersion++;
+      const replay =
+        event.seq <= this._snapshotSeq && (this._snapshotEpoch === null || this._snapshotEpoch === epoch);
       const meta = {
         via,
         receivedAt,
@@ -477,13 +548,15 @@ export class PushskipClient {
     this.userId = body.userId;
     this.token = body.token;
     this.lastSeq = 0; // seq counts per user: a new user starts over
+    this.epoch = null;
     this._snapshotSeq = 0;
+    this._snapshotEpoch = null;
     this.stats.sessions++;
     this._save();
     if (renewed) this._log(`session renewed (${why})`, 'warn');
     this._emit('session', { userId: this.userId, previous, renewed, resumed: false });
     if (renewed) {
-      this._epoch++;
+      this._stateVersion++;
       this._setState('idle', null, 'session');
       if (this._ws) this._dropSocket('new session');
       if (this.started) this._connect();
@@ -508,7 +581,9 @@ export class PushskipClient {
       if (saved && typeof saved.token === 'string') {
         this.userId = saved.userId;
         this.token = saved.token;
-        this.lastSeq = Number.isInteger(saved.lastSeq) ? saved.lastSeq : 0;
+        // A seq means nothing without its epoch: none stored, resume from the start.
+        this.epoch = typeof saved.epoch === 'string' ? saved.epoch : null;
+        this.lastSeq = this.epoch !== null && Number.isInteger(saved.lastSeq) ? saved.lastSeq : 0;
         this.wantMatch = Boolean(saved.wantMatch);
       }
     } catch {
@@ -522,7 +597,13 @@ export class PushskipClient {
     try {
       storage.setItem(
         this.options.storageKey,
-        JSON.stringify({ userId: this.userId, token: this.token, lastSeq: this.lastSeq, wantMatch: this.wantMatch }),
+        JSON.stringify({
+          userId: this.userId,
+          token: this.token,
+          lastSeq: this.lastSeq,
+          epoch: this.epoch,
+          wantMatch: this.wantMatch,
+        }),
       );
     } catch {
       /* storage full or blocked: the session just does not survive a reload */
@@ -542,6 +623,7 @@ export class PushskipClient {
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     url.searchParams.set('token', this.token);
     url.searchParams.set('after', String(this.lastSeq));
+    if (this.epoch !== null) url.searchParams.set('epoch', this.epoch);
     return url.toString();
   }
 
@@ -578,15 +660,27 @@ export class PushskipClient {
     }
     if (!message || typeof message !== 'object') return;
     if (message.type === 'hello') {
-      this._wsReady = true;
-      this._wsAttempt = 0;
+      // The first on this socket, or a later one (the log was lost meanwhile).
+      if (!this._wsReady) {
+        this._wsReady = true;
+        this._wsAttempt = 0;
+        this._stopPolling();
+        this._setTransport('websocket');
+        this._startHeartbeat();
+      }
       if (Number.isInteger(message.pollIntervalMs) && message.pollIntervalMs > 0) {
         this.pollIntervalMs = message.pollIntervalMs;
       }
-      this._stopPolling();
-      this._setTransport('websocket');
-      this._startHeartbeat();
-      this._applySnapshot(message.state, message.match, message.lastSeq, 'hello');
+      const otherLog = this.epoch !== null && message.epoch !== undefined && message.epoch !== this.epoch;
+      if (otherLog && message.reset !== true) {
+        this._log(`hello names epoch ${message.epoch}, ours is ${this.epoch}, without a reset`, 'warn');
+      }
+      if (message.reset === true || otherLog) {
+        this._reset(message, 'websocket');
+      } else {
+        this._adoptEpoch(message.epoch);
+        this._applySnapshot(message.state, message.match, message.lastSeq, message.epoch, 'hello');
+      }
     } else if (message.type === 'pong') {
       // liveness only
     } else if (Number.isInteger(message.seq)) {
@@ -674,21 +768,27 @@ export class PushskipClient {
     const startedAt = clock();
     let delay = this.pollIntervalMs;
     try {
-      const after = this.lastSeq;
-      const body = await this._request('GET', `/api/simple-matching/events?after=${after}`, undefined, {
+      const logVersion = this._logVersion;
+      const query = new URLSearchParams({ after: String(this.lastSeq) });
+      if (this.epoch !== null) query.set('epoch', this.epoch);
+      const body = await this._request('GET', `/api/simple-matching/events?${query}`, undefined, {
         retries: 0,
       });
       const receivedAt = clock();
       this.stats.polls++;
       this.timings.lastPollAt = receivedAt;
       this._pollFailures = 0;
-      if (Number.isInteger(body.lastSeq) && body.lastSeq < after && this.lastSeq > body.lastSeq) {
-        this._log(`server log restarted at seq ${body.lastSeq} (we had ${this.lastSeq})`, 'warn');
-        this.lastSeq = body.lastSeq;
-        this._save();
-      }
       if (!this._wsReady) this._setTransport('polling');
-      this._ingest(body.events || [], 'polling', receivedAt);
+      if (logVersion !== this._logVersion) {
+        // The socket moved us to another log while this poll was out: the
+        // answer is about the one before, so it is left to the socket (or the next poll).
+      } else if (body.reset === true) {
+        this._reset(body, 'polling');
+        this._ingest(body.events || [], 'polling', receivedAt);
+      } else {
+        this._adoptEpoch(body.epoch);
+        this._ingest(body.events || [], 'polling', receivedAt);
+      }
     } catch (err) {
       this._pollFailures++;
       delay = Math.min(this.options.pollBackoffMaxMs, this.pollIntervalMs * 2 ** this._pollFailures);

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from pushskip import keys
 from pushskip.embedded import EmbeddedRedis
 from tests.helpers import app_process
 
@@ -193,6 +194,37 @@ async def logged_seqs(page: Page, name: str) -> list[int]:
     return list(reversed(seqs))
 
 
+async def logged_events(page: Page, name: str) -> list[tuple[str, int, str]]:
+    """(epoch, seq, type) of every event line in a pane's log, oldest first."""
+    rows = (
+        await pane(page, name)
+        .locator("[data-testid=log] li[data-seq]")
+        .evaluate_all(
+            "items => items.map(li =>"
+            " [li.dataset.epoch ?? '', Number(li.dataset.seq), li.dataset.type])"
+        )
+    )
+    return [(epoch, seq, kind) for epoch, seq, kind in reversed(rows)]
+
+
+def reset_lines(page: Page, name: str) -> Any:
+    """The pane's log lines that report an event log reset."""
+    return pane(page, name).locator("[data-testid=log] li[data-reset]")
+
+
+async def stored(page: Page, name: str) -> dict[str, Any]:
+    """What the pane's client keeps in sessionStorage (token, lastSeq, epoch, wantMatch)."""
+    value: dict[str, Any] = await page.evaluate(
+        "name => JSON.parse(sessionStorage.getItem('pushskip-demo:' + name))", name
+    )
+    return value
+
+
+async def forget_event_log(redis: Redis, user_id: str) -> None:
+    """What expiry does to a user's log: stream, counter and epoch gone (the match stays)."""
+    await redis.delete(keys.event_log(user_id), keys.event_seq(user_id), keys.event_epoch(user_id))
+
+
 async def latest_skip(page: Page, name: str) -> tuple[float, str]:
     row = pane(page, name).locator("[data-testid=skips] li").first
     await pw_expect(row).to_be_visible()
@@ -283,8 +315,9 @@ async def test_reload_resumes_from_last_seq(browser: Browser, base: str) -> None
     async with demo_page(browser, base + "/") as page:
         id_a, id_b, _room = await start_and_match(page)
         token_a = await page.evaluate("JSON.parse(sessionStorage.getItem('pushskip-demo:A')).token")
-        stored_b = await page.evaluate("JSON.parse(sessionStorage.getItem('pushskip-demo:B'))")
+        stored_b = await stored(page, "B")
         assert stored_b["userId"] == id_b and stored_b["lastSeq"] == 1
+        assert isinstance(stored_b["epoch"], str) and stored_b["epoch"]
 
         # Away from the page (same tab, so sessionStorage stays), A skips B.
         await page.goto("about:blank")
@@ -304,7 +337,9 @@ async def test_reload_resumes_from_last_seq(browser: Browser, base: str) -> None
         await pw_expect(pane(page, "A").get_by_test_id("user-id")).to_have_text(id_a)
         await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text("Partner skipped")
         await expect_transport(page, "B", "websocket")
-        assert any(stored_b["token"] in url and "after=1" in url for url in sockets), sockets
+        resumed = [u for u in sockets if stored_b["token"] in u]
+        assert resumed and "after=1" in resumed[0], sockets
+        assert f"epoch={stored_b['epoch']}" in resumed[0], sockets
         _ms, via = await latest_skip(page, "B")
         assert via == "websocket, on resume"
         # The log survived the reload, and each event shows once.
@@ -317,6 +352,7 @@ async def test_reload_resumes_from_last_seq(browser: Browser, base: str) -> None
         await page.wait_for_timeout(300)
         assert await logged_seqs(page, "B") == [1, 2]
         assert (await client_prop(page, "B", "stats"))["delivered"] == 0
+        await pw_expect(reset_lines(page, "B")).to_have_count(0)  # the same log all along
 
 
 async def test_one_user_per_tab(browser: Browser, base: str) -> None:
@@ -452,3 +488,294 @@ async def test_client_handles_401_429_503_and_keeps_waiting_alive(
             }"""
         )
         assert count["state"] == "waiting" and count["calls"] >= 3, count
+
+
+# Drives one PushskipClient with a fake socket and fake polls (test_client_epoch_gate_unit).
+EPOCH_GATE_JS = """async () => {
+    const { PushskipClient } = await import('/pushskip.js');
+    const store = new Map();
+    const storage = {
+        getItem: (k) => store.get(k) ?? null,
+        setItem: (k, v) => store.set(k, v),
+        removeItem: (k) => store.delete(k),
+    };
+    const c = new PushskipClient({ storage, storageKey: 'unit' });
+    c.token = 'tok';
+    const out = { delivered: [], resets: [] };
+    c.on('event', (e, meta) =>
+        out.delivered.push([e.epoch, e.seq, e.type, meta.replay, meta.via]));
+    c.on('reset', (r) => out.resets.push([r.previous, r.epoch, r.state, r.lastSeq, r.via]));
+    const ws = { send() {}, close() {} };
+    c._ws = ws;
+    const send = (m) => c._onSocketMessage(ws, { data: JSON.stringify(m) });
+    const hello = (extra) => send({ type: 'hello', userId: 'u', state: 'idle', match: null,
+                                    lastSeq: 0, pollIntervalMs: 500, ...extra });
+    const m1 = { roomName: 'r1', user1: 'u', user2: 'v', partnerId: 'v', matchedAt: 1 };
+    const m2 = { ...m1, roomName: 'r2' };
+    out.url0 = c._wsUrl();
+
+    hello({ epoch: null });                        // no log yet
+    send({ type: 'matched', seq: 1, epoch: 'E1', at: 1, match: m1 });  // adopted
+    send({ type: 'matched', seq: 1, epoch: 'E1', at: 1, match: m1 });  // duplicate
+    send({ type: 'partner-left', seq: 2, epoch: 'E2', at: 2, roomName: 'r1' });  // no reset
+    out.afterForeign = [c.state, c.epoch, c.lastSeq, c.stats.otherEpoch];
+    out.url1 = c._wsUrl();
+    hello({ reset: true, epoch: 'E2', state: 'matched', match: m2, lastSeq: 2 });
+    send({ type: 'partner-left', seq: 1, epoch: 'E2', at: 2, roomName: 'r1', reason: 'left' });
+    send({ type: 'matched', seq: 2, epoch: 'E2', at: 3, match: m2 });
+    const skipped = { type: 'partner-skipped', seq: 3, epoch: 'E2', at: 4, roomName: 'r2' };
+    send(skipped);
+    send(skipped);
+    out.afterReset = [c.state, c.epoch, c.lastSeq, JSON.parse(store.get('unit'))];
+
+    // Polls, with the socket gone: answers come from a fake fetch.
+    c._dropSocket('unit test');
+    c._stopPolling();
+    const asked = [];
+    let answer = null;
+    c._fetch = async (method, path) => {
+        asked.push(path);
+        const body = await answer;
+        return { ok: true, status: 200, statusText: 'OK', headers: new Headers(),
+                 json: async () => body };
+    };
+    const poll = async (body) => {
+        answer = body;
+        c._polling = true;
+        await c._poll();
+        c._stopPolling();
+    };
+    const ev = (seq, epoch, type, more = {}) => ({ type, seq, epoch, at: 5, ...more });
+    await poll({ success: true, reset: true, epoch: 'E3', state: 'waiting', match: null,
+                 lastSeq: 1, events: [ev(1, 'E3', 'partner-skipped', { roomName: 'r2' })] });
+    await poll({ success: true, epoch: 'E3', lastSeq: 2,
+                 events: [ev(1, 'E3', 'partner-skipped', { roomName: 'r2' }),
+                          ev(2, 'E3', 'matched', { match: { ...m1, roomName: 'r3' } })] });
+    out.afterPolls = [c.state, c.epoch, c.lastSeq];
+
+    // A poll out while the socket resets us to E4: its answer is about E3, unused.
+    let release;
+    answer = new Promise((r) => { release = r; });
+    c._polling = true;
+    const pending = c._poll();
+    c._ws = ws;
+    hello({ reset: true, epoch: 'E4', state: 'idle', match: null, lastSeq: 0 });
+    release({ success: true, reset: true, epoch: 'E4', state: 'matched', match: m1,
+              lastSeq: 1, events: [ev(1, 'E4', 'matched', { match: m1 })] });
+    await pending;
+    out.afterStale = [c.state, c.epoch, c.lastSeq, c.stats.resets];
+    out.asked = asked;
+    c.stop();
+
+    // A stored blob: resumes with its epoch; one without an epoch starts from 0.
+    const again = new PushskipClient({ storage, storageKey: 'unit' });
+    out.reloaded = [again.epoch, again.lastSeq, again._wsUrl()];
+    store.set('old', JSON.stringify({ userId: 'u', token: 't', lastSeq: 9 }));
+    const old = new PushskipClient({ storage, storageKey: 'old' });
+    out.legacy = [old.epoch, old.lastSeq];
+    return out;
+}"""
+
+
+async def test_client_epoch_gate_unit(browser: Browser, base: str) -> None:
+    """pushskip.js alone, fed by a fake socket and fake polls: seqs count per epoch.
+
+    An event is delivered once per epoch and seq; an event of another epoch
+    without a reset is never delivered; a reset starts the count over with the
+    state it gives; a poll answer asked before the socket moved to another log
+    is not used.
+    """
+    async with demo_page(browser, base + "/?panes=1") as page:
+        result = await page.evaluate(EPOCH_GATE_JS)
+    assert "epoch=" not in result["url0"] and "after=0" in result["url0"]
+    assert result["afterForeign"] == ["matched", "E1", 1, 1]
+    assert "after=1" in result["url1"] and "epoch=E1" in result["url1"]
+    assert result["delivered"] == [
+        ["E1", 1, "matched", False, "websocket"],
+        ["E2", 1, "partner-left", True, "websocket"],
+        ["E2", 2, "matched", True, "websocket"],
+        ["E2", 3, "partner-skipped", False, "websocket"],
+        ["E3", 1, "partner-skipped", True, "polling"],
+        ["E3", 2, "matched", False, "polling"],
+    ]
+    state, epoch, last, saved = result["afterReset"]
+    assert (state, epoch, last) == ("idle", "E2", 3)
+    assert saved["epoch"] == "E2" and saved["lastSeq"] == 3
+    assert result["afterPolls"] == ["matched", "E3", 2]
+    assert result["afterStale"] == ["idle", "E4", 0, 3]
+    assert result["resets"] == [
+        ["E1", "E2", "matched", 2, "websocket"],
+        ["E2", "E3", "waiting", 1, "polling"],
+        ["E3", "E4", "idle", 0, "websocket"],
+    ]
+    assert result["asked"] == [
+        "/api/simple-matching/events?after=3&epoch=E2",
+        "/api/simple-matching/events?after=1&epoch=E3",
+        "/api/simple-matching/events?after=2&epoch=E3",
+    ]
+    assert result["reloaded"][:2] == ["E4", 0]
+    assert "after=0" in result["reloaded"][2] and "epoch=E4" in result["reloaded"][2]
+    assert result["legacy"] == [None, 0]
+
+
+async def test_reload_after_the_log_epoch_changed_resets_once(
+    browser: Browser, base: str, redis: Redis
+) -> None:
+    """B's log expires while B is away and a new one starts: the reload resets, nothing twice."""
+    async with demo_page(browser, base + "/") as page:
+        _id_a, id_b, _room = await start_and_match(page)
+        token_a = (await stored(page, "A"))["token"]
+        before = await stored(page, "B")
+        assert before["lastSeq"] == 1 and before["epoch"]
+
+        await page.goto("about:blank")
+        await forget_event_log(redis, id_b)
+        async with httpx.AsyncClient(base_url=base) as http:
+            got = await http.post(
+                "/api/simple-matching/skip",
+                json={"requeue": False},
+                headers={"Authorization": f"Bearer {token_a}"},
+            )
+            assert got.status_code == 200 and got.json()["skipped"] is True, got.text
+            # The new log: partner-skipped is #1 of a new epoch.
+            log = await http.get(
+                "/api/simple-matching/events?after=0",
+                headers={"Authorization": f"Bearer {before['token']}"},
+            )
+        new_epoch = log.json()["epoch"]
+        assert new_epoch and new_epoch != before["epoch"], log.text
+        assert [(e["seq"], e["type"]) for e in log.json()["events"]] == [(1, "partner-skipped")]
+
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        await page.goto(base + "/")
+        await page.wait_for_function("window.pushskipDemo !== undefined")
+        await pw_expect(pane(page, "B").get_by_test_id("user-id")).to_have_text(id_b)
+        await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text("Partner skipped")
+        await expect_transport(page, "B", "websocket")
+        resumed = [u for u in sockets if before["token"] in u]
+        assert resumed and "after=1" in resumed[0] and f"epoch={before['epoch']}" in resumed[0]
+        await pw_expect(reset_lines(page, "B")).to_have_count(1)
+        assert await reset_lines(page, "B").get_attribute("data-reset") == new_epoch
+        await pw_expect(reset_lines(page, "B")).to_have_class(re.compile(r"\bwarn\b"))
+        await pw_expect(reset_lines(page, "B")).to_contain_text("event log reset")
+        assert await logged_events(page, "B") == [
+            (before["epoch"], 1, "matched"),
+            (new_epoch, 1, "partner-skipped"),
+        ]
+        stats = await client_prop(page, "B", "stats")
+        assert stats["delivered"] == 1 and stats["resets"] == 1, stats
+        assert stats["otherEpoch"] == 0, stats
+        _ms, via = await latest_skip(page, "B")
+        assert via == "websocket, on resume"
+        after = await stored(page, "B")
+        assert after["epoch"] == new_epoch and after["lastSeq"] == 1, after
+        await pw_expect(reset_lines(page, "A")).to_have_count(0)  # A's log was not touched
+
+        # Once more: the same epoch now, so no reset and nothing new.
+        sockets.clear()
+        await page.reload()
+        await page.wait_for_function("window.pushskipDemo !== undefined")
+        await expect_transport(page, "B", "websocket")
+        await page.wait_for_timeout(300)
+        resumed = [u for u in sockets if before["token"] in u]
+        assert resumed and "after=1" in resumed[0] and f"epoch={new_epoch}" in resumed[0]
+        stats = await client_prop(page, "B", "stats")
+        assert stats["delivered"] == 0 and stats["resets"] == 0, stats
+        await pw_expect(reset_lines(page, "B")).to_have_count(1)  # the line from before
+        assert [seq for _, seq, _ in await logged_events(page, "B")] == [1, 1]
+
+
+async def test_polling_pane_gets_the_reset_from_the_events_answer(
+    browser: Browser, base: str, redis: Redis
+) -> None:
+    """B polls (socket dropped) when its log starts anew: the events answer resets it."""
+    async with demo_page(browser, base + "/") as page:
+        _id_a, id_b, _room = await start_and_match(page)
+        old_epoch = await client_prop(page, "B", "epoch")
+        await pane(page, "B").locator("[data-action=drop-socket]").check()
+        await expect_transport(page, "B", "polling")
+
+        await forget_event_log(redis, id_b)
+        await pane(page, "A").locator("[data-action=skip]").click()
+        await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text("Partner skipped")
+        await pw_expect(reset_lines(page, "B")).to_have_count(1)
+        await pw_expect(reset_lines(page, "B")).to_contain_text("via polling")
+        new_epoch = await client_prop(page, "B", "epoch")
+        assert new_epoch and new_epoch != old_epoch
+        assert await logged_events(page, "B") == [
+            (old_epoch, 1, "matched"),
+            (new_epoch, 1, "partner-skipped"),
+        ]
+        _ms, via = await latest_skip(page, "B")
+        assert via == "polling"
+
+        # The socket comes back in the new epoch: no second reset, nothing twice.
+        await pane(page, "B").locator("[data-action=drop-socket]").uncheck()
+        await expect_transport(page, "B", "websocket")
+        await page.wait_for_timeout(800)
+        stats = await client_prop(page, "B", "stats")
+        assert stats["resets"] == 1 and stats["delivered"] == 2 and stats["otherEpoch"] == 0, stats
+        assert len(await logged_events(page, "B")) == 2
+
+
+def wipe_redis_data(server: EmbeddedRedis) -> None:
+    """Stop `server`, delete what it keeps on disk, start it again: a Redis that lost its data."""
+    server.stop()
+    for path in server.directory.iterdir():
+        if path.name == "appendonlydir" or path.suffix in (".aof", ".rdb"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    server.start()
+
+
+async def test_redis_restart_without_data_resets_open_panes(
+    browser: Browser, own_redis: EmbeddedRedis, chromium_executable: str
+) -> None:
+    """Redis comes back empty under open pages: each pane logs a reset, the users meet
+    again, and a skip still reaches the partner, each event once."""
+    with app_process(own_redis.url) as (url, _proc):
+        async with demo_page(browser, url + "/", http_errors_expected=True) as page:
+            _id_a, _id_b, room = await start_and_match(page)
+            await expect_transport(page, "A", "websocket")
+            await expect_transport(page, "B", "websocket")
+            old = {name: await client_prop(page, name, "epoch") for name in ("A", "B")}
+            assert all(old.values()), old
+
+            wipe_redis_data(own_redis)
+
+            for name in ("A", "B"):
+                await pw_expect(reset_lines(page, name)).to_have_count(1, timeout=20_000)
+                await pw_expect(reset_lines(page, name)).to_contain_text("via websocket")
+            # The match was lost with the data: both want one, so both queue again
+            # and (no cooldown survived either) meet each other in a new room.
+            for name, other in (("A", "B"), ("B", "A")):
+                state = pane(page, name).get_by_test_id("state")
+                await pw_expect(state).to_have_attribute("data-state", "matched", timeout=20_000)
+                await pw_expect(state).to_contain_text(f"Matched with User {other}")
+            new_room = await pane(page, "B").get_attribute("data-room")
+            assert new_room and new_room != room
+            await expect_transport(page, "B", "websocket")
+
+            await pane(page, "A").locator("[data-action=skip]").click()
+            await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text(
+                "Partner skipped"
+            )
+            _ms, via = await latest_skip(page, "B")
+            assert via == "websocket"
+            new_epoch = await client_prop(page, "B", "epoch")
+            assert new_epoch and new_epoch != old["B"]
+            assert await logged_events(page, "B") == [
+                (old["B"], 1, "matched"),
+                (new_epoch, 1, "matched"),
+                (new_epoch, 2, "partner-skipped"),
+            ]
+            await page.wait_for_timeout(500)
+            for name in ("A", "B"):
+                stats = await client_prop(page, name, "stats")
+                assert stats["resets"] == 1 and stats["otherEpoch"] == 0, (name, stats)
+            await pw_expect(reset_lines(page, "B")).to_have_count(1)
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "demo-log-reset.png"), full_page=True)
