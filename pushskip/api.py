@@ -66,10 +66,14 @@ async def read_body(request: Request) -> dict[str, Any]:
     return data
 
 
-def authenticate(request: Request) -> str:
-    token = bearer_token(request.headers.get("authorization"))
+def authenticate(request: Request, body_token: object = None) -> str:
+    """The token's user: from `Authorization: Bearer`, else (beacons) `body_token`."""
+    header = request.headers.get("authorization")
+    token = bearer_token(header) if header is not None else body_token
     if token is None:
         raise ApiError(401, "Missing bearer token")
+    if not isinstance(token, str):
+        raise ApiError(400, "token must be a string")
     try:
         return services(request).signer.verify(token)
     except InvalidToken as exc:
@@ -98,21 +102,32 @@ def user_route(
     handler: Callable[[Request, str, dict[str, Any]], Awaitable[dict[str, Any]]],
     *,
     reads_body: bool,
+    token_in_body: bool = False,
 ) -> Handler:
-    """Wraps a handler with auth, rate limit, body parsing and the userId check."""
+    """Wraps a handler with auth, rate limit, body parsing, the userId check and presence.
+
+    With `token_in_body`, a request without an Authorization header may carry
+    its token as the body's `token` field (what `navigator.sendBeacon` can send).
+    """
 
     async def endpoint(request: Request) -> JSONResponse:
-        me = authenticate(request)
-        if not services(request).user_limiter.allow(me):
+        found = services(request)
+        beacon = token_in_body and "authorization" not in request.headers
+        body = await read_body(request) if beacon else {}
+        me = authenticate(request, body.get("token"))
+        if not found.user_limiter.allow(me):
             raise ApiError(429, "Too many requests; slow down")
-        if reads_body:
+        if beacon:
+            pass  # read above
+        elif reads_body:
             body = await read_body(request)
         else:
             # A GET has no use for a body, but the size cap holds for every route.
             await read_raw_body(request)
-            body = {}
         check_claimed_user(me, body.get("userId", request.query_params.get("userId")))
-        return ok(await handler(request, me, body))
+        payload = await handler(request, me, body)
+        await found.presence.touch(me)
+        return ok(payload)
 
     return endpoint
 
@@ -145,7 +160,12 @@ async def status(request: Request, me: str, body: dict[str, Any]) -> dict[str, A
     result = await store.status(me)
     if result.state == "waiting":
         await store.touch(me)
-    return {"state": result.state, "match": result.match, "lastSeq": result.last_seq}
+    return {
+        "state": result.state,
+        "match": result.match,
+        "lastSeq": result.last_seq,
+        "epoch": result.epoch,
+    }
 
 
 async def skip(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -211,14 +231,24 @@ async def list_events(request: Request, me: str, body: dict[str, Any]) -> dict[s
     epoch = parse_epoch(request.query_params.get("epoch"))
     found = services(request)
     log = await events.read_log(found.redis, me, after)
-    payload: dict[str, Any] = {}
-    if epoch is not None and epoch != log.epoch:
-        # The client's seqs count in a log that is gone: start it over.
-        status = await found.store.status(me)
-        log = await events.read_log(found.redis, me, 0)
-        payload = {"reset": True, "state": status.state, "match": status.match}
     await found.store.touch(me)
-    return {"events": log.decoded(), "lastSeq": log.last_seq, "epoch": log.epoch, **payload}
+    if (epoch is None or epoch == log.epoch) and after <= log.last_seq:
+        return {"events": log.decoded(), "lastSeq": log.last_seq, "epoch": log.epoch}
+    # The client's seqs count in a log that is gone (another epoch, or one that
+    # Redis rolled back below `after`): start it over from the state, which
+    # covers the log up to its lastSeq; the events read after it (same epoch)
+    # follow, those up to lastSeq being already in the state.
+    status = await found.store.status(me)
+    log = await events.read_log(found.redis, me, 0)
+    logged = log.decoded() if log.epoch == status.epoch else []
+    return {
+        "events": logged,
+        "lastSeq": status.last_seq,
+        "epoch": status.epoch,
+        "reset": True,
+        "state": status.state,
+        "match": status.match,
+    }
 
 
 def routes() -> list[BaseRoute]:
@@ -228,7 +258,11 @@ def routes() -> list[BaseRoute]:
     api = [
         Route("/session", create_session, methods=["POST"]),
         Route(f"{base}/enqueue", user_route(enqueue, reads_body=True), methods=["POST"]),
-        Route(f"{base}/leave", user_route(leave, reads_body=True), methods=["POST"]),
+        Route(
+            f"{base}/leave",
+            user_route(leave, reads_body=True, token_in_body=True),
+            methods=["POST"],
+        ),
         Route(f"{base}/status", user_route(status, reads_body=False), methods=["GET"]),
         Route(f"{base}/skip", user_route(skip, reads_body=True), methods=["POST"]),
         Route(

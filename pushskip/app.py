@@ -24,6 +24,7 @@ from pushskip.config import Settings
 from pushskip.hub import Hub
 from pushskip.link import PubSubLink
 from pushskip.metrics import Metrics
+from pushskip.presence import Presence
 from pushskip.ratelimit import RateLimiter
 from pushskip.retry import retry_read
 from pushskip.services import Services, services
@@ -114,6 +115,14 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
         hub = Hub(
             link, metrics, queue_size=settings.ws_send_queue, slow_send_s=settings.ws_slow_send_s
         )
+        presence = Presence(
+            redis,
+            grace_s=settings.presence_grace_s,
+            lease_s=settings.presence_lease_s,
+            sweep_s=settings.presence_sweep_s,
+            cooldown_s=settings.rematch_cooldown_s,
+            retention_ms=settings.log_retention_s * 1000,
+        )
         built = Services(
             settings=settings,
             metrics=metrics,
@@ -132,12 +141,15 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
                 metrics=metrics,
             ),
             hub=hub,
+            presence=presence,
         )
         built.install(app)
         await hub.start()
+        await presence.start()
         try:
             yield
         finally:
+            await presence.stop()
             await hub.stop()
             Services.uninstall(app)
             await pubsub_redis.aclose()

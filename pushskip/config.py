@@ -24,14 +24,18 @@ DEFAULT_POLL_INTERVAL_MS = 500
 DEFAULT_REMATCH_COOLDOWN_S = 60
 DEFAULT_TOKEN_TTL_S = 24 * 3600
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
-DEFAULT_WS_PING_INTERVAL_S = 20.0
-DEFAULT_WS_PING_TIMEOUT_S = 20.0
+# A client that goes silent without closing is dropped within 10 + 5 s (API.md, Presence).
+DEFAULT_WS_PING_INTERVAL_S = 10.0
+DEFAULT_WS_PING_TIMEOUT_S = 5.0
 DEFAULT_WS_SEND_QUEUE = 256
 DEFAULT_WS_SLOW_SEND_S = 2.0
 DEFAULT_RATE_PER_S = 20.0
 DEFAULT_RATE_BURST = 60
 DEFAULT_QUEUE_STALE_S = 30
 DEFAULT_LOG_RETENTION_S = 600
+DEFAULT_PRESENCE_GRACE_S = 5.0
+DEFAULT_PRESENCE_LEASE_S = 3.0
+DEFAULT_PRESENCE_SWEEP_S = 1.0
 DEFAULT_WATCHDOG_INTERVAL_S = 5.0
 DEFAULT_REDIS_TIMEOUT_S = 2.0
 DEFAULT_HOST = "127.0.0.1"
@@ -167,6 +171,18 @@ class Settings:
         DEFAULT_LOG_RETENTION_S,
         "an event log (and its epoch) expires this long after its last event; API.md "
         "promises 300 s, so keep it at least that",
+    )
+    presence_grace_s: float = setting(
+        DEFAULT_PRESENCE_GRACE_S,
+        "a matched or waiting user with no open socket and no request for this long is gone",
+    )
+    presence_lease_s: float = setting(
+        DEFAULT_PRESENCE_LEASE_S,
+        "a process that stops renewing its presence lease (renewed every third of it) for "
+        "this long is dead: its users' grace starts",
+    )
+    presence_sweep_s: float = setting(
+        DEFAULT_PRESENCE_SWEEP_S, "how often each process looks for users who are gone"
     )
     rate_per_s: float = setting(
         DEFAULT_RATE_PER_S, "per-user request rate limit (per process), requests per second"

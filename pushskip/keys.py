@@ -43,6 +43,15 @@ EVENT_EPOCH = "events-epoch:"
 EVENT_LOG_MIN_EVENTS = 100
 EVENT_LOG_MIN_AGE_MS = 300_000
 
+# Presence (API.md, Presence): live processes (member: process id, score:
+# lease expiry ms), each process's users with an open socket there, and users
+# whose presence must be checked at a deadline (score: ms). Their TTL only
+# reclaims them after every process is gone; the lease and sweep keep them.
+PRESENCE_PROCS = "presence:procs"
+PRESENCE_SOCKETS = "presence:sockets:"
+PRESENCE_DEADLINES = "presence:deadlines"
+PRESENCE_KEEP_MS = 24 * 3600 * 1000
+
 # Pub/sub channels (a namespace apart from keys).
 USER_CHANNEL = "pushskip:user:"
 PROBE_CHANNEL = "pushskip:probe:"
@@ -74,6 +83,10 @@ def user_from_channel(channel: str) -> str | None:
     return None
 
 
+def presence_sockets(process_id: str) -> str:
+    return PRESENCE_SOCKETS + process_id
+
+
 def rematch_cooldown(a: str, b: str) -> str:
     lo, hi = sorted((a, b))
     return f"{REMATCH_COOLDOWN}{lo}:{hi}"
@@ -95,6 +108,10 @@ def lua_constants(log_retention_ms: int) -> str:
         "K_SEQ": EVENT_SEQ,
         "K_EPOCH": EVENT_EPOCH,
         "K_CHANNEL": USER_CHANNEL,
+        "K_PRESENCE_PROCS": PRESENCE_PROCS,
+        "K_PRESENCE_SOCKETS": PRESENCE_SOCKETS,
+        "K_PRESENCE_DEADLINES": PRESENCE_DEADLINES,
+        "PRESENCE_KEEP_MS": PRESENCE_KEEP_MS,
         "PRE_SKIP_TTL": PRE_SKIP_TTL_S,
         "SKIP_IN_PROGRESS_TTL": SKIP_IN_PROGRESS_TTL_S,
         "FORCE_DISCONNECT_TTL": FORCE_DISCONNECT_TTL_S,

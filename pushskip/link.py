@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from pushskip import keys
 from pushskip.metrics import Metrics
+from pushskip.tasks import cancel_and_wait
 
 logger = logging.getLogger("pushskip.link")
 
@@ -113,11 +114,7 @@ class PubSubLink:
             await asyncio.wait_for(self._ready.wait(), SUBSCRIBE_TIMEOUT_S)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._ready.clear()
         await self._drop()
 
@@ -197,7 +194,8 @@ class PubSubLink:
             self._confirm(channel)
 
     async def _connect(self) -> PubSub:
-        """A new connection subscribed to the probe and every channel the listener names."""
+        """A new connection subscribed to the probe and every channel the listener names
+        (still names, once Redis has confirmed them all)."""
         pubsub = self.pubsub_redis.pubsub()
         named = self.listener.channels() if self.listener is not None else ()
         channels = [self.probe_channel, *named]
@@ -211,6 +209,12 @@ class PubSubLink:
                 if message["type"] == "subscribe":
                     pending.discard(message["channel"])
                 self._handle(message)
+        # A user whose last socket left meanwhile could not unsubscribe (we were
+        # not ready): drop their channel now, or it would stay until the next rebuild.
+        still = set(self.listener.channels()) if self.listener is not None else set()
+        gone = [c for c in channels[1:] if c not in still]
+        if gone:
+            await pubsub.unsubscribe(*gone)
         return pubsub
 
     async def _run(self) -> None:

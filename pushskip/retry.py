@@ -26,5 +26,7 @@ async def retry_read(read: Callable[[], Awaitable[T]]) -> T:
     try:
         return await read()
     except RedisConnectionError as exc:
+        if "No connection available" in str(exc):
+            raise  # the pool is exhausted, nothing died: waiting again would double it
         logger.info("read failed on a dead connection (%r); once more on a fresh one", exc)
         return await read()

@@ -18,6 +18,7 @@ from pushskip.auth import TokenSigner
 from pushskip.config import Settings
 from pushskip.hub import Hub
 from pushskip.metrics import Metrics
+from pushskip.presence import Presence
 from pushskip.ratelimit import RateLimiter
 from pushskip.store import Store
 
@@ -34,6 +35,7 @@ class Services:
     redis: Redis
     store: Store
     hub: Hub
+    presence: Presence
 
     def install(self, app: Starlette) -> None:
         setattr(app.state, _ATTRIBUTE, self)

@@ -109,7 +109,7 @@ class Store:
         return reply
 
     async def leave(self, me: str) -> LeaveReply:
-        return LeaveReply.decode(await self.scripts.leave(me))
+        return LeaveReply.decode(await self.scripts.leave(me, self._cooldown_s))
 
     async def status(self, me: str) -> UserStatus:
         """Where `me` stands, and their log's last seq and epoch, at one moment."""

@@ -21,9 +21,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pushskip import closing, events
@@ -43,8 +41,6 @@ PONG_TEXT = '{"type":"pong"}'
 # (doubling), and at once when the pub/sub link is back (RESYNC).
 RETRY_START_S = 0.1
 RETRY_MAX_S = 2.0
-# Redis is unreachable, restarting, loading its data or too slow: wait for it.
-REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -129,7 +125,9 @@ class Connection:
         """Send every logged event after the last one sent (after a reset, if the log is new)."""
         while True:
             log = await events.read_log(self.found.redis, self.sub.user_id, self.last_sent)
-            if not self.same_log(log.epoch):
+            # Below what was sent in the same epoch: Redis rolled the log back (a
+            # failover to a replica that missed the last appends). It is lost too.
+            if not self.same_log(log.epoch) or log.last_seq < self.last_sent:
                 await self.send_reset()
                 continue
             for event in log.events:
@@ -149,7 +147,8 @@ class Connection:
                 try:
                     await self.send_from_log()
                     behind, retry_in = False, RETRY_START_S
-                except REDIS_AWAY as exc:
+                except RedisError as exc:
+                    # Away, restarting, loading, read-only during a failover: wait.
                     logger.info("log of %s unreadable: %r; retrying", sub.user_id, exc)
                     # A RESYNC (the link is back) or the timer, whichever first.
                     if await sub.next(timeout=retry_in) == PONG:
@@ -209,7 +208,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     try:
         async with found.hub.subscribe(user_id) as sub:
-            await serve(websocket, found, sub, after, epoch)
+            found.presence.socket_opened(user_id)
+            try:
+                await serve(websocket, found, sub, after, epoch)
+            finally:
+                found.presence.socket_closed(user_id)
     except HubUnavailable as exc:
         if found.hub.closing:
             await close_quietly(websocket, closing.SHUTDOWN, found.metrics)
@@ -234,15 +237,16 @@ async def serve(
     except RedisError:
         await close_quietly(websocket, closing.REDIS_UNAVAILABLE, found.metrics)
         return
-    # A client of another epoch gets the whole log; one without an epoch that
-    # is ahead of the log (an old client that outlived a Redis that lost its
-    # data) resumes from what the log has.
-    reset = epoch is not None and epoch != status.epoch
+    # A client of another epoch, or one ahead of the log (Redis rolled it back,
+    # or an old client without epochs outlived a lost log), gets the whole log.
+    reset = (epoch is not None and epoch != status.epoch) or (
+        after is not None and after > status.last_seq
+    )
     conn = Connection(websocket, found, sub, status)
     if reset:
         conn.last_sent = 0
         found.metrics.resets.inc()
-    elif after is not None and after <= status.last_seq:
+    elif after is not None:
         conn.last_sent = after
     await conn.send(hello(status, found.settings.poll_interval_ms, sub.user_id, reset=reset))
     reader = asyncio.create_task(conn.read())

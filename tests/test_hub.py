@@ -220,3 +220,31 @@ async def test_subscribe_fails_alone_while_redis_is_down(
         assert await commands.publish("test:up", "back") == 1
         await recorder.wait_for("test:up", "back")
         assert recorder.resyncs == 1
+
+
+async def test_channel_of_a_user_who_left_during_a_reconnect_is_dropped(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """A channel the listener still named when the rebuilt connection subscribed it, but no
+    longer names once Redis confirmed it (its last socket left meanwhile), is unsubscribed
+    before the link is ready again."""
+    async with running_link(redis_server.url) as (the_link, recorder, _):
+        recorder.wanted.add("test:leaving")
+        await the_link.subscribe("test:leaving")
+        asked = 0
+        real_channels = recorder.channels
+
+        def channels_then_gone() -> list[str]:
+            nonlocal asked
+            asked += 1
+            if asked > 1:
+                recorder.wanted.discard("test:leaving")
+            return real_channels()
+
+        recorder.channels = channels_then_gone  # type: ignore[method-assign]
+        assert await redis.client_kill_filter(_type="pubsub") >= 1
+        async with asyncio.timeout(5):
+            while recorder.resyncs < 1:
+                await asyncio.sleep(0.01)
+        assert asked >= 2
+        assert await redis.pubsub_numsub("test:leaving") == [("test:leaving", 0)]

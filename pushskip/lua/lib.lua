@@ -27,24 +27,31 @@ end
 -- the three keys expire together LOG_RETENTION_MS after the last event. The
 -- log keeps every event that is among the last LOG_MIN_EVENTS or younger than
 -- LOG_MIN_AGE_MS; older ones are dropped a few per append (amortised O(1)).
+local function new_epoch(log)
+  local t = redis.call('TIME')
+  redis.call('DEL', log)
+  return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
 local function append_event(user, ev, now)
   local seq_key, log, epoch_key = K_SEQ .. user, K_LOG .. user, K_EPOCH .. user
   local epoch = redis.call('GET', epoch_key)
   local seq = redis.call('GET', seq_key)
   if not epoch or not seq then
-    local t = redis.call('TIME')
-    epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-    redis.call('DEL', log)
-    seq = 0
+    epoch, seq = new_epoch(log), 0
   end
   seq = tonumber(seq) + 1
+  ev.seq, ev.at, ev.epoch = seq, now, epoch
+  local payload = cjson.encode(ev)
+  if type(redis.pcall('XADD', log, seq .. '-0', 'e', payload, 'at', now)) ~= 'string' then
+    -- The stream is ahead of its counter (part of the log was lost): start anew.
+    epoch, seq = new_epoch(log), 1
+    ev.seq, ev.epoch = seq, epoch
+    payload = cjson.encode(ev)
+    redis.call('XADD', log, seq .. '-0', 'e', payload, 'at', now)
+  end
   redis.call('SET', epoch_key, epoch, 'PX', LOG_RETENTION_MS)
   redis.call('SET', seq_key, seq, 'PX', LOG_RETENTION_MS)
-  ev.seq = seq
-  ev.at = now
-  ev.epoch = epoch
-  local payload = cjson.encode(ev)
-  redis.call('XADD', log, seq .. '-0', 'e', payload, 'at', now)
   redis.call('PEXPIRE', log, LOG_RETENTION_MS)
   if seq > LOG_MIN_EVENTS then
     local old = redis.call('XRANGE', log, '-', tostring(seq - LOG_MIN_EVENTS), 'COUNT', 8)
@@ -110,4 +117,18 @@ local function end_match(me)
     redis.call('DEL', K_MATCH .. other)
   end
   return m.roomName, other
+end
+
+-- Ends the match `me` is in as a leave does: both match: keys, the seed's
+-- disconnect flags for the partner and the room, the pair's rematch cooldown,
+-- and partner-left (with `reason`) in the partner's log. Returns the room and
+-- the partner, or nil when `me` has no match.
+local function leave_match(me, reason, cooldown)
+  local room, other = end_match(me)
+  if not room then return nil end
+  redis.call('SET', K_ROOM_DELETED .. room, 'true', 'EX', ROOM_DELETED_TTL)
+  redis.call('SET', K_FORCE_DISCONNECT .. other, room, 'EX', FORCE_DISCONNECT_TTL)
+  redis.call('SET', cooldown_key(me, other), room, 'EX', cooldown)
+  append_event(other, {type = 'partner-left', roomName = room, reason = reason}, now_ms())
+  return room, other
 end
