@@ -1,5 +1,12 @@
 // The demo page: N independent users side by side (?panes=1..4, default 2),
 // each a PushskipClient with its own session in sessionStorage.
+//
+// One user per tab (?panes=1) keeps no session: the tab is the user, so
+// closing it (or reloading it) leaves at once by beacon and the partner's tab
+// shows "partner left (left)". ?panes=1&resume=1 keeps the session in
+// sessionStorage instead: a reload resumes it and the match goes on, and a
+// closed tab is noticed by the server's presence after its grace
+// ("partner left (disconnected)"). See "Leaving when the page closes" in pushskip.js.
 import { PushskipClient, clock } from './pushskip.js';
 
 const NAMES = ['A', 'B', 'C', 'D'];
@@ -9,6 +16,8 @@ const TAB_ID = Math.random().toString(36).slice(2);
 
 const params = new URLSearchParams(location.search);
 const paneCount = Math.min(NAMES.length, Math.max(1, parseInt(params.get('panes') ?? '2', 10) || 2));
+// Sessions survive a reload: always with several panes, on request with one.
+const resumable = paneCount > 1 || params.get('resume') === '1';
 document.body.dataset.panes = String(paneCount);
 for (const link of document.querySelectorAll('.modes a')) {
   link.classList.toggle('current', link.dataset.mode === String(paneCount));
@@ -17,7 +26,12 @@ if (paneCount === 1) {
   document.getElementById('lede').innerHTML =
     'This tab is one user with its own session. Open this page in a second tab, press ' +
     '<b>Start</b> in both and they match each other. Press <b>Skip</b> in one and watch how fast ' +
-    'the other one learns it: pushed over a WebSocket, or by polling while its socket is down.';
+    'the other one learns it: pushed over a WebSocket, or by polling while its socket is down. ' +
+    (resumable
+      ? 'This tab keeps its session across a reload; close it and the other tab learns after the ' +
+        "server's presence grace that its partner disconnected."
+      : 'Close this tab and the other one learns at once that its partner left (a reload here ' +
+        'is a new user; <a href="./?panes=1&amp;resume=1">keep the session across reloads</a>).');
 }
 
 // ---- skip timings shared between panes (and tabs) ----------------------------
@@ -80,13 +94,14 @@ class Pane {
     this.root = root;
     this.storeKey = `pushskip-demo:${name}:view`;
     this.client = new PushskipClient({
-      storage: sessionStorage,
+      storage: resumable ? sessionStorage : null, // null: leaves by beacon when the tab closes
       storageKey: `pushskip-demo:${name}`,
     });
     const view = this._loadView();
     this.log = view.log; // newest last
     this.skips = view.skips; // { roomName, ms, via, source, by }
     this.banner = view.banner; // 'partner-skipped' | 'partner-left' | null
+    this.bannerReason = view.bannerReason; // partner-left: 'left' | 'disconnected' | null
     this.busy = false;
     this.error = null;
 
@@ -182,8 +197,10 @@ class Pane {
       this.banner = 'partner-skipped';
       this.measureSkip(event, meta);
     } else if (event.type === 'partner-left') {
-      text = `partner left (room ${shortRoom(event.roomName)})`;
+      const why = event.reason ? ` (${event.reason})` : '';
+      text = `partner left${why} (room ${shortRoom(event.roomName)})`;
       this.banner = 'partner-left';
+      this.bannerReason = event.reason ?? null;
     }
     this.log.push({
       t: clock(),
@@ -291,23 +308,35 @@ class Pane {
   // ---- persistence of the view (the client keeps its own session) -----------
 
   _loadView() {
+    if (!resumable) return { log: [], skips: [], banner: null, bannerReason: null }; // a new user
     try {
       const saved = JSON.parse(sessionStorage.getItem(this.storeKey) || 'null');
       if (saved && Array.isArray(saved.log)) {
-        return { log: saved.log, skips: saved.skips || [], banner: saved.banner || null };
+        return {
+          log: saved.log,
+          skips: saved.skips || [],
+          banner: saved.banner || null,
+          bannerReason: saved.bannerReason || null,
+        };
       }
     } catch {
       /* start with an empty view */
     }
-    return { log: [], skips: [], banner: null };
+    return { log: [], skips: [], banner: null, bannerReason: null };
   }
 
   save() {
     this.log = this.log.slice(-LOG_KEEP);
+    if (!resumable) return;
     try {
       sessionStorage.setItem(
         this.storeKey,
-        JSON.stringify({ log: this.log, skips: this.skips, banner: this.banner }),
+        JSON.stringify({
+          log: this.log,
+          skips: this.skips,
+          banner: this.banner,
+          bannerReason: this.bannerReason,
+        }),
       );
     } catch {
       /* storage full: the view just will not survive a reload */
@@ -324,7 +353,8 @@ class Pane {
       return ['matched', `Matched with ${partnerLabel(c.match.partnerId)} in room ${shortRoom(c.match.roomName)}`];
     }
     if (this.banner && c.wantMatch) {
-      const who = this.banner === 'partner-left' ? 'Partner left' : 'Partner skipped';
+      const why = this.bannerReason ? ` (${this.bannerReason})` : '';
+      const who = this.banner === 'partner-left' ? `Partner left${why}` : 'Partner skipped';
       return ['skipped', `${who}: finding a new match…`];
     }
     if (c.state === 'waiting' || (c.wantMatch && c.state === 'idle')) return ['waiting', 'Searching for a partner…'];

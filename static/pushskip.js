@@ -31,6 +31,32 @@
 // change the state, events at or below it are only delivered. An action's
 // HTTP answer is applied only when nothing else changed the state while it was
 // in flight; otherwise the client asks GET status.
+//
+// Why a match ended: a 'partner-left' event carries the server's reason,
+// 'left' (the partner left: the Leave button, or their page closed and sent
+// the leave below) or 'disconnected' (the partner vanished: no socket and no
+// request for the server's presence grace, 5 s by default). The 'state'
+// event that ends the match passes the event as `event`, so
+// on('state', ({ state, reason, event }) => ...) sees event.reason too.
+//
+// Leaving when the page closes (option leaveOnPageHide, default 'auto'): on a
+// pagehide that ends the page (event.persisted === false; a page going into
+// the back/forward cache may come back as it is, and is left alone), a client
+// that is waiting or matched sends POST /api/simple-matching/leave with
+// navigator.sendBeacon (else fetch with keepalive), the token in its
+// text/plain JSON body, once. The partner then learns 'left' at once instead
+// of 'disconnected' after the grace. A socket that merely drops sends nothing.
+//
+// A reload fires the same pagehide as a close, and a page cannot tell them
+// apart: the reload button, F5 and pull-to-refresh give the page no sign.
+// So 'auto' beacons only when the session dies with the page anyway, that
+// is when the client keeps it in no `storage`: a reload is then a new user,
+// and leaving at once is right for a close and a reload alike. A client with
+// a `storage` sends nothing: its reload resumes the session inside the grace
+// and the match goes on, while a close is caught by the server's presence
+// after the grace, with reason 'disconnected'. true: beacon with a storage
+// as well (a close is told at once, but a reload then ends the match and the
+// reloaded page looks again if it wanted a match). false: never.
 
 /** Milliseconds on a clock shared by every tab of this machine (high resolution). */
 export const clock = () => performance.timeOrigin + performance.now();
@@ -54,6 +80,9 @@ const DEFAULTS = {
   requestTimeoutMs: 10_000,
   startTimeoutMs: 3_000, // start() waits at most this long for the socket's hello
   maxRetries: 4, // for 429 / 503 / network errors on idempotent calls
+  // Leave by beacon when the page goes away: 'auto' (only without a storage:
+  // a reload can resume a stored session), true (even with one), false (never).
+  leaveOnPageHide: 'auto',
 };
 
 const EVENT_TYPES = ['matched', 'partner-skipped', 'partner-left'];
@@ -92,9 +121,10 @@ export class PushskipClient {
     // Measurements, all on `clock()` (ms): for demos, tests and dashboards.
     this.timings = {
       lastSkip: null, // { roomName, sentAt, rttMs }
-      lastNotified: null, // { type, roomName, receivedAt, via, at }
+      lastNotified: null, // { type, roomName, reason, receivedAt, via, at }
       httpRttMs: null, // smoothed HTTP round trip
       lastPollAt: null,
+      pageHideLeave: null, // { at, via: 'beacon' | 'fetch', state }: the leave sent on pagehide
     };
     this.stats = {
       delivered: 0,
@@ -122,6 +152,7 @@ export class PushskipClient {
     this._enqueuing = null;
     this._startPromise = null;
     this._stopped = false;
+    this._pageLeaveSent = false; // the pagehide leave goes once per page
     this._load();
   }
 
@@ -129,6 +160,11 @@ export class PushskipClient {
 
   /** on('matched' | 'partner-skipped' | 'partner-left' | 'event' | 'state' |
    *  'transport' | 'session' | 'skip-sent' | 'reset' | 'log', fn). Returns an unsubscribe.
+   *
+   *  'state' gets { state, match, previous, reason, event }: reason is what moved
+   *  it ('matched', 'partner-skipped', 'partner-left', 'enqueue', 'hello', ...),
+   *  event the server event that did, if one did (for 'partner-left',
+   *  event.reason is 'left' or 'disconnected').
    *
    *  'reset' gets { epoch, previous, state, match, lastSeq, via }: the server's log
    *  started anew (epoch: the new one, null when there is no log; previous: ours),
@@ -164,6 +200,7 @@ export class PushskipClient {
   start() {
     if (this._startPromise) return this._startPromise;
     this._stopped = false;
+    this._watchPageHide(true);
     this._startPromise = (async () => {
       if (!this.token) await this._newSession(false);
       else this._emit('session', { userId: this.userId, renewed: false, resumed: true });
@@ -210,6 +247,7 @@ export class PushskipClient {
     }
     this._stopPolling();
     this._listenToPage(false);
+    this._watchPageHide(false);
     this._dropSocket('client stopped');
     this._setTransport('offline');
   }
@@ -231,7 +269,46 @@ export class PushskipClient {
     }
     const method = on ? 'addEventListener' : 'removeEventListener';
     window[method]('online', this._onPageEvent);
+    window[method]('pageshow', this._onPageEvent); // back from the back/forward cache
     document[method]('visibilitychange', this._onPageEvent);
+  }
+
+  /** pagehide: see "Leaving when the page closes" at the top. On from start() or enqueue() to stop(). */
+  _watchPageHide(on) {
+    if (typeof window === 'undefined') return;
+    if (!this._onPageHide) this._onPageHide = (e) => this._pageHidden(e);
+    if (on) window.addEventListener('pagehide', this._onPageHide);
+    else window.removeEventListener('pagehide', this._onPageHide);
+  }
+
+  _pageHidden(event) {
+    if (event.persisted !== false) return; // into the back/forward cache: it may come back as it is
+    const mode = this.options.leaveOnPageHide;
+    if (!mode || (mode === 'auto' && this.options.storage)) return; // a reload resumes a stored session
+    if (this._pageLeaveSent || !this.token) return;
+    if (this.state === 'idle' && !this.wantMatch) return; // nothing to leave
+    this._pageLeaveSent = true;
+    const url = `${this.baseUrl}/api/simple-matching/leave`;
+    const body = JSON.stringify({ token: this.token }); // a beacon cannot send Authorization
+    let via = 'beacon';
+    let queued = false;
+    try {
+      queued = typeof navigator.sendBeacon === 'function' && navigator.sendBeacon(url, body);
+    } catch {
+      queued = false; // refused (a bad URL): try fetch
+    }
+    if (!queued) {
+      // No sendBeacon, or its queue is full: a keepalive fetch outlives the page too.
+      via = 'fetch';
+      try {
+        const init = { method: 'POST', body, keepalive: true, credentials: 'omit', cache: 'no-store' };
+        fetch(url, init).catch(() => {});
+      } catch {
+        /* nothing more can be done: the server's presence ends the match after the grace */
+      }
+    }
+    this.timings.pageHideLeave = { at: clock(), via, state: this.state };
+    this._log(`page closing: leave sent (${via})`);
   }
 
   /** Forgets the stored session (the next start() makes a new one). */
@@ -266,6 +343,7 @@ export class PushskipClient {
   enqueue() {
     this.wantMatch = true;
     this._save();
+    if (!this._stopped) this._watchPageHide(true);
     if (this._enqueuing) return this._enqueuing;
     this._enqueuing = this._action('enqueue', {}, true, (body) =>
       body.status === 'matched' ? ['matched', body.match] : ['waiting', null],
@@ -356,13 +434,14 @@ export class PushskipClient {
 
   // ---- state --------------------------------------------------------------
 
-  _setState(state, match, reason) {
+  /** `reason`: what moved the state; `event`: the server event that did, if one did. */
+  _setState(state, match, reason, event = null) {
     const previous = this.state;
     const previousRoom = roomOf(this.match);
     this.state = state;
     this.match = state === 'matched' ? match ?? null : null;
     if (previous !== state || previousRoom !== roomOf(this.match)) {
-      this._emit('state', { state, match: this.match, previous, reason });
+      this._emit('state', { state, match: this.match, previous, reason, event });
     }
     if (state === 'idle') this._maybeRequeue();
   }
@@ -409,11 +488,11 @@ export class PushskipClient {
 
   _applyEvent(event) {
     if (event.type === 'matched') {
-      this._setState('matched', event.match, 'matched');
+      this._setState('matched', event.match, 'matched', event);
     } else if (event.type === 'partner-skipped' || event.type === 'partner-left') {
       // Only the room we are in ends; an old room's event changes nothing.
       if (this.state === 'matched' && roomOf(this.match) === event.roomName) {
-        this._setState('idle', null, event.type);
+        this._setState('idle', null, event.type, event); // partner-left: event.reason says why
       }
     }
   }
@@ -453,7 +532,14 @@ export class PushskipClient {
         serverAgeMs: typeof event.at === 'number' ? Date.now() - event.at : null,
       };
       if (event.type === 'partner-skipped' || event.type === 'partner-left') {
-        this.timings.lastNotified = { type: event.type, roomName: event.roomName, receivedAt, via, at: event.at };
+        this.timings.lastNotified = {
+          type: event.type,
+          roomName: event.roomName,
+          reason: event.reason ?? null, // partner-left: 'left' | 'disconnected'
+          receivedAt,
+          via,
+          at: event.at,
+        };
       }
       // State first, so handlers see it (c.state is 'matched' inside on('matched')).
       if (!replay) this._applyEvent(event);

@@ -112,6 +112,23 @@ async def base(server: str, redis: Redis) -> str:
     return server
 
 
+# Presence grace of `presence_server` (the default, 5 s, would only make the tests slower).
+GRACE_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def presence_server(redis_server: EmbeddedRedis, chromium_executable: str) -> Iterator[str]:
+    """A `pushskip serve` whose presence grace is GRACE_S: a vanished partner is gone sooner."""
+    with app_process(redis_server.url, PUSHSKIP_PRESENCE_GRACE_S=str(GRACE_S)) as (url, _proc):
+        yield url
+
+
+@pytest.fixture
+async def presence_base(presence_server: str, redis: Redis) -> str:
+    """`presence_server`'s URL, with Redis flushed for this test."""
+    return presence_server
+
+
 @contextlib.asynccontextmanager
 async def demo_page(
     browser: Browser,
@@ -376,6 +393,236 @@ async def test_one_user_per_tab(browser: Browser, base: str) -> None:
         await context.close()
 
 
+@contextlib.asynccontextmanager
+async def two_tabs(browser: Browser, url: str) -> AsyncIterator[list[Page]]:
+    """Two tabs of one browser on `url` (one user per tab), each started and matched
+    with the other. Fails on any JS or console error in either tab."""
+    context = await browser.new_context()
+    errors: list[str] = []
+    try:
+        tabs = [await context.new_page(), await context.new_page()]
+        for tab in tabs:
+            tab.on("pageerror", lambda exc: errors.append(str(exc)))
+            tab.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+            await tab.goto(url)
+            await tab.wait_for_function("window.pushskipDemo !== undefined")
+            await tab.locator("[data-action=start]").click()
+        for tab in tabs:
+            state = tab.get_by_test_id("state")
+            await pw_expect(state).to_have_attribute("data-state", "matched")
+            await expect_transport(tab, "A", "websocket")
+        rooms = [await pane(tab, "A").get_attribute("data-room") for tab in tabs]
+        assert rooms[0] and rooms[0] == rooms[1], rooms
+        yield tabs
+    finally:
+        await context.close()
+    assert not errors, f"errors in the pages: {errors}"
+
+
+async def partner_left_lines(tab: Page) -> list[str]:
+    """The text of the partner-left lines in the tab's event log, oldest first."""
+    texts = await tab.locator('[data-testid=log] li[data-type="partner-left"]').all_inner_texts()
+    return list(reversed(texts))
+
+
+async def seconds_until_partner_left(tab: Page, text: str, started: float) -> float:
+    """Waits (up to 10 s) for the tab's state to say `text`; seconds since `started`.
+
+    Looks every 20 ms (expect() backs off to 1 s between looks: too coarse to time)."""
+    await tab.wait_for_function(
+        "text => document.querySelector('[data-testid=state]').textContent.includes(text)",
+        arg=text,
+        polling=20,
+        timeout=10_000,
+    )
+    return time.monotonic() - started
+
+
+async def test_closing_a_tab_tells_the_partner_at_once(
+    browser: Browser, presence_base: str
+) -> None:
+    """?panes=1: a tab that closes sends the leave by beacon on pagehide; the other tab
+    shows "Partner left (left)" well before the presence grace would have."""
+    async with two_tabs(browser, presence_base + "/?panes=1") as (closing, staying):
+        started = time.monotonic()
+        await closing.close(run_before_unload=False)  # fires pagehide, persisted false
+        seconds = await seconds_until_partner_left(staying, "Partner left (left)", started)
+        print(
+            f"tab closed -> partner left shown in the other tab: {seconds * 1000:.0f} ms (beacon)"
+        )
+        assert seconds < 1.0, seconds
+        # Left once: one partner-left, with its reason; the other tab looks again.
+        lines = await partner_left_lines(staying)
+        assert len(lines) == 1 and "partner left (left)" in lines[0], lines
+        await pw_expect(staying.get_by_test_id("state")).to_contain_text("finding a new match")
+        await staying.wait_for_timeout(GRACE_S * 1000 + 1200)  # presence adds nothing after it
+        assert len(await partner_left_lines(staying)) == 1
+
+
+async def test_closing_a_tab_without_the_beacon_waits_for_presence(
+    browser: Browser, presence_base: str
+) -> None:
+    """leaveOnPageHide false: nothing is sent on close, the server's presence ends the
+    match after its grace, and the other tab shows "Partner left (disconnected)"."""
+    async with two_tabs(browser, presence_base + "/?panes=1") as (closing, staying):
+        await closing.evaluate(
+            "window.pushskipDemo.panes[0].client.options.leaveOnPageHide = false"
+        )
+        started = time.monotonic()
+        await closing.close(run_before_unload=False)
+        seconds = await seconds_until_partner_left(staying, "Partner left (disconnected)", started)
+        print(
+            f"tab closed -> partner left shown in the other tab: {seconds * 1000:.0f} ms (presence)"
+        )
+        # Not before the grace; within it plus a sweep (1 s) and some slack.
+        assert GRACE_S <= seconds < GRACE_S + 2.5, seconds
+        lines = await partner_left_lines(staying)
+        assert len(lines) == 1 and "partner left (disconnected)" in lines[0], lines
+
+
+async def test_reload_of_a_stored_session_sends_no_leave(
+    browser: Browser, presence_base: str
+) -> None:
+    """?panes=1&resume=1 (a client with a storage): a reload resumes the session inside
+    the grace and the match goes on, so no leave is sent on its pagehide; a close is
+    then told by presence, after the grace (the trade-off, see pushskip.js)."""
+    async with two_tabs(browser, presence_base + "/?panes=1&resume=1") as (reloading, staying):
+        user = await pane(reloading, "A").get_attribute("data-user-id")
+        room = await pane(reloading, "A").get_attribute("data-room")
+        await reloading.reload()
+        await reloading.wait_for_function("window.pushskipDemo !== undefined")
+        await pw_expect(pane(reloading, "A").get_by_test_id("user-id")).to_have_text(user or "")
+        await expect_transport(reloading, "A", "websocket")
+        await pw_expect(pane(reloading, "A")).to_have_attribute("data-room", room or "")
+        # Past the grace: the match is still on in both tabs, nobody was told anything.
+        await staying.wait_for_timeout(GRACE_S * 1000 + 1200)
+        for tab in (reloading, staying):
+            await pw_expect(tab.get_by_test_id("state")).to_have_attribute("data-state", "matched")
+            await pw_expect(pane(tab, "A")).to_have_attribute("data-room", room or "")
+            assert await partner_left_lines(tab) == []
+        assert await logged_seqs(staying, "A") == [1]
+
+        started = time.monotonic()
+        await reloading.close(run_before_unload=False)
+        seconds = await seconds_until_partner_left(staying, "Partner left (disconnected)", started)
+        print(
+            f"stored-session tab closed -> partner left shown: {seconds * 1000:.0f} ms (presence)"
+        )
+        assert GRACE_S <= seconds < GRACE_S + 2.5, seconds
+
+
+# PushskipClient's pagehide leave, with a fake sendBeacon and fetch (test_leave_on_pagehide_unit).
+PAGEHIDE_JS = """async () => {
+    const { PushskipClient } = await import('/pushskip.js');
+    const sent = [];
+    let beaconAnswer = true;
+    Object.defineProperty(navigator, 'sendBeacon', { configurable: true, value: (url, body) => {
+        sent.push(['beacon', new URL(url).pathname, body]);
+        return beaconAnswer;
+    } });
+    const realFetch = window.fetch;
+    window.fetch = async (url, init) => {
+        sent.push(['fetch', new URL(url).pathname, init.body, init.keepalive, init.method]);
+        return new Response('{"success": true}');
+    };
+    const storage = { getItem: () => null, setItem() {}, removeItem() {} };
+    const hide = (persisted) =>
+        window.dispatchEvent(new PageTransitionEvent('pagehide', { persisted }));
+    const make = (options, state, token) => {
+        const c = new PushskipClient(options);
+        c.token = token;
+        c.state = state;
+        c._watchPageHide(true);  // what start() and enqueue() do
+        return c;
+    };
+    const out = {};
+    const step = (name, fn) => { sent.length = 0; fn(); out[name] = sent.slice(); };
+    try {
+        let c = make({}, 'idle', 'idle-token');
+        step('idle', () => hide(false));
+        c.state = 'matched';
+        step('bfcache', () => hide(true));
+        step('matched', () => hide(false));
+        step('twice', () => hide(false));
+        c.stop();
+
+        c = make({ socket: false }, 'matched', 'drop-token');
+        c.started = true;
+        c._ws = { close() {} };
+        step('socketDrop', () => c._dropSocket('unit test'));
+        c.stop();
+        step('afterStop', () => hide(false));
+
+        c = make({ storage }, 'matched', 'stored-token');
+        step('storedAuto', () => hide(false));
+        c.stop();
+        c = make({ storage, leaveOnPageHide: true }, 'waiting', 'stored-true-token');
+        step('storedTrue', () => hide(false));
+        c.stop();
+        c = make({ leaveOnPageHide: false }, 'matched', 'off-token');
+        step('off', () => hide(false));
+        c.stop();
+        c = make({}, 'idle', 'wanting-token');
+        c.wantMatch = true;  // an enqueue in flight, or about to re-enqueue
+        step('wantMatch', () => hide(false));
+        c.stop();
+        beaconAnswer = false;  // the beacon queue refused it
+        c = make({}, 'matched', 'fallback-token');
+        step('fallback', () => hide(false));
+        out.fallbackVia = c.timings.pageHideLeave.via;
+        c.stop();
+
+        // partner-left's reason reaches the 'state' handlers.
+        c = new PushskipClient({});
+        c.token = 'reason-token';
+        const states = [];
+        c.on('state', ({ state, reason, event }) =>
+            states.push([state, reason, event && event.reason]));
+        const ws = { send() {}, close() {} };
+        c._ws = ws;
+        const send = (m) => c._onSocketMessage(ws, { data: JSON.stringify(m) });
+        const m1 = { roomName: 'r1', user1: 'u', user2: 'v', partnerId: 'v', matchedAt: 1 };
+        send({ type: 'hello', userId: 'u', state: 'idle', match: null, lastSeq: 0, epoch: null });
+        send({ type: 'matched', seq: 1, epoch: 'E', at: 1, match: m1 });
+        send({ type: 'partner-left', seq: 2, epoch: 'E', at: 2, roomName: 'r1',
+               reason: 'disconnected' });
+        out.states = states;
+        out.lastNotified = c.timings.lastNotified.reason;
+        c.stop();
+    } finally {
+        delete navigator.sendBeacon;
+        window.fetch = realFetch;
+    }
+    return out;
+}"""
+
+
+async def test_leave_on_pagehide_unit(browser: Browser, base: str) -> None:
+    """pushskip.js's pagehide leave, with a fake sendBeacon: only when the page really
+    goes away, only when waiting or matched, once, never on a socket drop, never for a
+    stored session unless asked; a refused beacon falls back to a keepalive fetch."""
+    async with demo_page(browser, base + "/?panes=1") as page:
+        out = await page.evaluate(PAGEHIDE_JS)
+    leave = "/api/simple-matching/leave"
+    assert out["idle"] == []
+    assert out["bfcache"] == []
+    assert out["matched"] == [["beacon", leave, '{"token":"idle-token"}']]
+    assert out["twice"] == []
+    assert out["socketDrop"] == []
+    assert out["afterStop"] == []
+    assert out["storedAuto"] == []
+    assert out["storedTrue"] == [["beacon", leave, '{"token":"stored-true-token"}']]
+    assert out["off"] == []
+    assert out["wantMatch"] == [["beacon", leave, '{"token":"wanting-token"}']]
+    assert out["fallback"] == [
+        ["beacon", leave, '{"token":"fallback-token"}'],
+        ["fetch", leave, '{"token":"fallback-token"}', True, "POST"],
+    ]
+    assert out["fallbackVia"] == "fetch"
+    assert out["states"] == [["matched", "matched", None], ["idle", "partner-left", "disconnected"]]
+    assert out["lastNotified"] == "disconnected"
+
+
 async def test_phone_layout_has_no_horizontal_scroll(browser: Browser, base: str) -> None:
     async with demo_page(browser, base + "/", viewport={"width": 375, "height": 812}) as page:
         await start_and_match(page)
@@ -427,7 +674,8 @@ async def test_client_handles_401_429_503_and_keeps_waiting_alive(
     browser: Browser, base: str
 ) -> None:
     """A stale token gets a new session; 429 and 503 are retried; waiting re-enqueues."""
-    async with demo_page(browser, base + "/?panes=1", http_errors_expected=True) as page:
+    # resume=1: the one pane keeps its session in sessionStorage (as both panes of "/" do).
+    async with demo_page(browser, base + "/?panes=1&resume=1", http_errors_expected=True) as page:
         await page.evaluate(
             """sessionStorage.setItem('pushskip-demo:A', JSON.stringify(
                 {userId: 'u_gone', token: 'not-a-valid-token', lastSeq: 7, wantMatch: false}))"""
