@@ -197,6 +197,9 @@ class Bench:
             # The per-user rate limit must not shape a load test.
             "PUSHSKIP_RATE_PER_S": "1000000",
             "PUSHSKIP_RATE_BURST": "1000000",
+            # All of the bench's users come from one address.
+            "PUSHSKIP_SESSION_RATE_PER_MIN": "100000000",
+            "PUSHSKIP_MAX_WAITING_PER_ADDRESS": "100000000",
             "PUSHSKIP_REMATCH_COOLDOWN_S": str(self.cfg.cooldown_s),
             "PUSHSKIP_QUEUE_STALE_S": "3600",
             **dict(item.split("=", 1) for item in self.args.app_env),

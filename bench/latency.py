@@ -36,11 +36,14 @@ from bench.procs import CpuMeter
 from bench.stats import Sent, join, slim
 from pushskip.config import DEFAULT_LOG_RETENTION_S
 from pushskip.replies import EnqueueReply, ReplyError
-from pushskip.store import new_room_name
+from pushskip.store import enqueue_args, leave_args
 
 SKIP_PATH = "/api/simple-matching/skip"
 SKIP_BODY = b'{"requeue":false}'
-STALE_MS = str(3600 * 1000)
+STALE_S = 3600
+# The bench's users all come from one address; no per-address cap applies to it.
+ADDRESS = "bench"
+MAX_WAITING = 1_000_000
 RETENTION_MS = DEFAULT_LOG_RETENTION_S * 1000
 COOLDOWN_MARGIN_S = 0.25
 PAIR_BATCH = 500
@@ -124,8 +127,11 @@ class RedisPairer:
         sha = await self._sha("enqueue")
         commands: list[list[Any]] = []
         for r, s in plan:
-            commands.append(["EVALSHA", sha, 0, r[0], new_room_name(), STALE_MS])
-            commands.append(["EVALSHA", sha, 0, s[0], new_room_name(), STALE_MS])
+            for user in (r[0], s[0]):
+                args = enqueue_args(
+                    user, stale_s=STALE_S, address=ADDRESS, max_waiting=MAX_WAITING
+                )
+                commands.append(["EVALSHA", sha, 0, *args])
         replies = await self.resp.pipeline(commands)
         rooms: list[str | None] = []
         for i, (r, _) in enumerate(plan):
@@ -148,7 +154,9 @@ class RedisPairer:
 
     async def unpair(self, users: list[User]) -> None:
         sha = await self._sha("leave")
-        await self.resp.pipeline([["EVALSHA", sha, 0, u[0]] for u in users])
+        await self.resp.pipeline(
+            [["EVALSHA", sha, 0, *leave_args(u[0], cooldown_s=1)] for u in users]
+        )
 
     async def close(self) -> None:
         await self.resp.close()

@@ -16,10 +16,13 @@ from bench.harness import Bench
 from pushskip.auth import new_user_id
 from pushskip.config import DEFAULT_LOG_RETENTION_S
 from pushskip.replies import EnqueueReply, SkipReply
-from pushskip.store import Store, new_room_name
+from pushskip.store import Store, enqueue_args, skip_args
 
 BATCH = 200  # pairs per pipeline
-STALE_MS = str(3600 * 1000)
+STALE_S = 3600
+# The bench's users all come from one address; no per-address cap applies to it.
+ADDRESS = "bench"
+MAX_WAITING = 1_000_000
 
 
 async def _evalsha_stats(redis: Any) -> tuple[int, int]:
@@ -32,8 +35,11 @@ async def _pair_batch(redis: Any, sha: str, n: int) -> list[tuple[str, str]]:
     pairs = [(new_user_id(), new_user_id()) for _ in range(n)]
     async with redis.pipeline(transaction=False) as pipe:
         for a, b in pairs:
-            pipe.evalsha(sha, 0, a, new_room_name(), STALE_MS)
-            pipe.evalsha(sha, 0, b, new_room_name(), STALE_MS)
+            for user in (a, b):
+                args = enqueue_args(
+                    user, stale_s=STALE_S, address=ADDRESS, max_waiting=MAX_WAITING
+                )
+                pipe.evalsha(sha, 0, *args)
         replies = await pipe.execute()
     assert all(
         EnqueueReply.decode(r).status == "matched" for r in replies[1::2]
@@ -47,7 +53,11 @@ async def run(bench: Bench, *, seconds: float, on_tick: Any = None) -> dict[str,
     redis = bench.redis
     assert redis is not None
     store = Store(
-        redis, stale_s=3600, cooldown_s=bench.cfg.cooldown_s, retention_s=DEFAULT_LOG_RETENTION_S
+        redis,
+        stale_s=STALE_S,
+        cooldown_s=bench.cfg.cooldown_s,
+        retention_s=DEFAULT_LOG_RETENTION_S,
+        max_waiting_per_address=MAX_WAITING,
     )
     enqueue_sha = await redis.script_load(store.scripts.enqueue.source.text)
     skip_sha = await redis.script_load(store.scripts.skip.source.text)
@@ -82,8 +92,8 @@ async def run(bench: Bench, *, seconds: float, on_tick: Any = None) -> dict[str,
         stats = await timed_stats_start()
         while time.perf_counter() - t0 < seconds:
             a, b = new_user_id(), new_user_id()
-            first = await store.enqueue(a)
-            second = await store.enqueue(b)
+            first = await store.enqueue(a, address=ADDRESS)
+            second = await store.enqueue(b, address=ADDRESS)
             assert first.status == "waiting" and second.status == "matched"
             ops += 1
         elapsed = time.perf_counter() - t0
@@ -106,7 +116,7 @@ async def run(bench: Bench, *, seconds: float, on_tick: Any = None) -> dict[str,
             stats = await timed_stats_start()
             t0 = time.perf_counter()
             for _, b in pairs:
-                result = await store.skip(b, requeue=False)
+                result = await store.skip(b, requeue=False, address=ADDRESS)
                 assert result.skipped
             spent += time.perf_counter() - t0
             await timed_stats_stop(stats)
@@ -121,9 +131,15 @@ async def run(bench: Bench, *, seconds: float, on_tick: Any = None) -> dict[str,
             t0 = time.perf_counter()
             async with redis.pipeline(transaction=False) as pipe:
                 for _, b in pairs:
-                    pipe.evalsha(
-                        skip_sha, 0, b, "0", new_room_name(), STALE_MS, str(bench.cfg.cooldown_s)
+                    args = skip_args(
+                        b,
+                        requeue=False,
+                        stale_s=STALE_S,
+                        cooldown_s=bench.cfg.cooldown_s,
+                        address=ADDRESS,
+                        max_waiting=MAX_WAITING,
                     )
+                    pipe.evalsha(skip_sha, 0, *args)
                 replies = await pipe.execute()
             spent += time.perf_counter() - t0
             await timed_stats_stop(stats)

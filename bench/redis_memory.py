@@ -49,6 +49,9 @@ def start_app(redis_url: str, app_path: Path, retention_s: int | None) -> tuple[
         "PUSHSKIP_SECRET": SECRET,
         "PUSHSKIP_RATE_PER_S": "100000",
         "PUSHSKIP_RATE_BURST": "100000",
+        # All of the bench's users come from one address.
+        "PUSHSKIP_SESSION_RATE_PER_MIN": "100000000",
+        "PUSHSKIP_MAX_WAITING_PER_ADDRESS": "100000000",
         "PYTHONPATH": str(app_path),
     }
     if retention_s is not None:

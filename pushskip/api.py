@@ -63,7 +63,28 @@ async def read_body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "Request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "Request body must be a JSON object")
+    if not _valid_unicode(data):
+        raise ApiError(400, "Request body holds a string that is not valid Unicode")
     return data
+
+
+def _valid_unicode(value: object) -> bool:
+    """No lone surrogate (JSON lets "\\ud800" through; Redis and UTF-8 do not)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def authenticate(request: Request, body_token: object = None) -> str:
@@ -135,16 +156,27 @@ def user_route(
 async def create_session(request: Request) -> JSONResponse:
     await read_body(request)  # enforces the size cap; the body carries nothing we need
     found = services(request)
-    client = request.client.host if request.client else "unknown"
-    if not found.session_limiter.allow(client):
+    if found.session_verifier is not None and not await found.session_verifier(request):
+        raise ApiError(403, "Session refused")
+    if not await found.store.allow_session(
+        client_address(request), found.settings.session_rate_per_min
+    ):
         raise ApiError(429, "Too many sessions from this address; slow down")
     signer = found.signer
     user_id = new_user_id()
     return ok({"userId": user_id, "token": signer.sign(user_id), "expiresIn": signer.ttl_s})
 
 
+def client_address(request: Request) -> str:
+    """The peer, or the client a trusted proxy named (uvicorn applies
+    PUSHSKIP_TRUSTED_PROXIES to X-Forwarded-For before we see the request)."""
+    return request.client.host if request.client else "unknown"
+
+
 async def enqueue(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    reply = await services(request).store.enqueue(me)
+    reply = await services(request).store.enqueue(me, address=client_address(request))
+    if reply.status == "limited":
+        raise ApiError(429, "Too many users from this address are waiting; try again later")
     if reply.status == "matched":
         return {"status": "matched", "match": reply.match}
     return {"status": "waiting"}
@@ -170,7 +202,9 @@ async def status(request: Request, me: str, body: dict[str, Any]) -> dict[str, A
 
 async def skip(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
     requeue = optional_field(body, "requeue", bool, True)
-    result = await services(request).store.skip(me, requeue=requeue)
+    result = await services(request).store.skip(
+        me, requeue=requeue, address=client_address(request)
+    )
     if not result.skipped:
         return {"skipped": False, "message": "No active match"}
     return {

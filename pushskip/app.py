@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
@@ -27,7 +27,7 @@ from pushskip.metrics import Metrics
 from pushskip.presence import Presence
 from pushskip.ratelimit import RateLimiter
 from pushskip.retry import retry_read
-from pushskip.services import Services, services
+from pushskip.services import Services, SessionVerifier, services
 from pushskip.staticfiles import CachedStaticFiles
 from pushskip.store import Store
 
@@ -39,8 +39,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # without reinstalling) serves the repository's top-level static/.
 STATIC_DIRS = (PACKAGE_DIR / "static", PACKAGE_DIR.parent / "static")
 REDIS_POOL_SIZE = 64
-# New sessions per client address: generous, as a page may open several.
-SESSION_RATE_FACTOR = 5
 
 
 def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -60,6 +58,13 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 async def on_redis_down(request: Request, exc: Exception) -> Response:
     logger.warning("Redis unreachable during %s %s: %r", request.method, request.url.path, exc)
     return error(503, "Redis is unreachable; try again shortly")
+
+
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client dropped its request mid-body: no one reads this answer, and it
+    # is not the server's fault (no traceback, no 500 in the logs).
+    logger.debug("client left during %s %s", request.method, request.url.path)
+    return error(400, "Client disconnected")
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -103,7 +108,14 @@ def find_static_dir() -> Path | None:
     return next((d for d in STATIC_DIRS if d.is_dir()), None)
 
 
-def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    static_dir: Path | None = None,
+    session_verifier: SessionVerifier | None = None,
+) -> Starlette:
+    """The app. `session_verifier`, if given, is awaited with each POST /api/session
+    request before a session is minted; False refuses it (403)."""
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -113,7 +125,11 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
             redis, pubsub_redis, metrics, watchdog_interval_s=settings.watchdog_interval_s
         )
         hub = Hub(
-            link, metrics, queue_size=settings.ws_send_queue, slow_send_s=settings.ws_slow_send_s
+            link,
+            metrics,
+            queue_size=settings.ws_send_queue,
+            slow_send_s=settings.ws_slow_send_s,
+            max_per_user=settings.max_sockets_per_user,
         )
         presence = Presence(
             redis,
@@ -128,20 +144,18 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
             metrics=metrics,
             signer=TokenSigner(settings.secret, ttl_s=settings.token_ttl_s),
             user_limiter=RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst),
-            session_limiter=RateLimiter(
-                rate_per_s=settings.rate_per_s * SESSION_RATE_FACTOR,
-                burst=settings.rate_burst * SESSION_RATE_FACTOR,
-            ),
             redis=redis,
             store=Store(
                 redis,
                 stale_s=settings.queue_stale_s,
                 cooldown_s=settings.rematch_cooldown_s,
                 retention_s=settings.log_retention_s,
+                max_waiting_per_address=settings.max_waiting_per_address,
                 metrics=metrics,
             ),
             hub=hub,
             presence=presence,
+            session_verifier=session_verifier,
         )
         built.install(app)
         await hub.start()
@@ -178,6 +192,7 @@ def create_app(settings: Settings, *, static_dir: Path | None = None) -> Starlet
             HTTPException: on_http_error,
             RedisConnectionError: on_redis_down,
             RedisTimeoutError: on_redis_down,
+            ClientDisconnect: on_client_gone,
             Exception: on_unexpected,
         },
     )

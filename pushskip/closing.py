@@ -27,6 +27,18 @@ class CloseReason:
 BAD_TOKEN = CloseReason(4401, "Invalid token", "bad_token", "the token was missing or invalid")
 BAD_ORIGIN = CloseReason(4403, "Origin not allowed", "bad_origin", "the Origin is not allowed")
 BAD_REQUEST = CloseReason(1008, "Bad request", "bad_request", "the query was malformed")
+RATE_LIMITED = CloseReason(
+    1008,
+    "Too many messages; slow down",
+    "rate_limited",
+    "the client sent more messages than PUSHSKIP_WS_MSG_RATE allows",
+)
+TOO_MANY_SOCKETS = CloseReason(
+    4429,
+    "Too many sockets for this user",
+    "too_many_sockets",
+    "the user already held PUSHSKIP_MAX_SOCKETS_PER_USER sockets on this process",
+)
 SLOW_READER = CloseReason(
     1013,
     "Too slow a reader; poll events?after= and reconnect",
@@ -62,6 +74,8 @@ REASONS = (
     BAD_TOKEN,
     BAD_ORIGIN,
     BAD_REQUEST,
+    RATE_LIMITED,
+    TOO_MANY_SOCKETS,
     SLOW_READER,
     REDIS_UNAVAILABLE,
     LIVE_UNAVAILABLE,

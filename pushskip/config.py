@@ -36,6 +36,11 @@ DEFAULT_LOG_RETENTION_S = 600
 DEFAULT_PRESENCE_GRACE_S = 5.0
 DEFAULT_PRESENCE_LEASE_S = 3.0
 DEFAULT_PRESENCE_SWEEP_S = 1.0
+DEFAULT_SESSION_RATE_PER_MIN = 120
+DEFAULT_MAX_WAITING_PER_ADDRESS = 20
+DEFAULT_WS_MSG_RATE = 10.0
+DEFAULT_MAX_SOCKETS_PER_USER = 8
+DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_WATCHDOG_INTERVAL_S = 5.0
 DEFAULT_REDIS_TIMEOUT_S = 2.0
 DEFAULT_HOST = "127.0.0.1"
@@ -183,6 +188,30 @@ class Settings:
     )
     presence_sweep_s: float = setting(
         DEFAULT_PRESENCE_SWEEP_S, "how often each process looks for users who are gone"
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "peers whose `X-Forwarded-For` names the client (comma-separated addresses or "
+        "networks, `*` for any); behind a PaaS router, its address range",
+        shown="none",
+    )
+    session_rate_per_min: int = setting(
+        DEFAULT_SESSION_RATE_PER_MIN, "new sessions per client address per minute (all processes)"
+    )
+    max_waiting_per_address: int = setting(
+        DEFAULT_MAX_WAITING_PER_ADDRESS,
+        "users from one client address waiting in the queue at once (all processes)",
+    )
+    ws_msg_rate: float = setting(
+        DEFAULT_WS_MSG_RATE,
+        "messages per second a socket may send (burst: twice that); past it: close 1008",
+    )
+    max_sockets_per_user: int = setting(
+        DEFAULT_MAX_SOCKETS_PER_USER, "sockets one user may hold per process; past it: close 4429"
+    )
+    header_timeout_s: float = setting(
+        DEFAULT_HEADER_TIMEOUT_S,
+        "a request whose headers have not all arrived this long after it began is dropped",
     )
     rate_per_s: float = setting(
         DEFAULT_RATE_PER_S, "per-user request rate limit (per process), requests per second"

@@ -49,6 +49,10 @@ class HubUnavailable(Exception):
     """A socket cannot be promised live events now (shutting down, or no subscription)."""
 
 
+class TooManySockets(Exception):
+    """The user already has as many local sockets as one user may hold."""
+
+
 class Subscriber:
     """One socket's place in the hub: a bounded mailbox and the reason it must close.
 
@@ -62,6 +66,7 @@ class Subscriber:
         "_waiter",
         "close_reason",
         "limit",
+        "pong_due",
         "sending_since",
         "slow_send_s",
         "user_id",
@@ -74,6 +79,9 @@ class Subscriber:
         # Loop time at which the socket's current send began; None when idle.
         self.sending_since: float | None = None
         self.close_reason: CloseReason | None = None
+        # Pings are answered with one pong however many came in meanwhile: a
+        # burst of pings costs no queue space and never forces a log read.
+        self.pong_due = False
         self._items: list[Item] = []
         self._waiter: asyncio.Future[None] | None = None
 
@@ -84,7 +92,9 @@ class Subscriber:
         """Queue an item without waiting; a full mailbox is handled as the module says."""
         if self.close_reason is not None:
             return
-        if len(self._items) < self.limit:
+        if item == PONG:
+            self.pong_due = True
+        elif len(self._items) < self.limit:
             self._items.append(item)
         else:
             started = self.sending_since
@@ -92,7 +102,7 @@ class Subscriber:
             if started is not None and now - started > self.slow_send_s:
                 self.close(closing.SLOW_READER)
                 return
-            # Every dropped event is in the log; a dropped pong is answered at the next ping.
+            # Every dropped event is in the log.
             self._items = [RESYNC]
         self.wake()
 
@@ -105,7 +115,7 @@ class Subscriber:
     async def next(self, timeout: float | None = None) -> Item | None:
         """The oldest queued item; None when woken with nothing queued (look at
         close_reason) or when `timeout` seconds pass first."""
-        if not self._items and self.close_reason is None:
+        if not self._items and not self.pong_due and self.close_reason is None:
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 if timeout is None:
@@ -115,6 +125,9 @@ class Subscriber:
                         await asyncio.wait_for(waiter, timeout)
             finally:
                 self._waiter = None
+        if self.pong_due and self.close_reason is None:
+            self.pong_due = False
+            return PONG
         return self._items.pop(0) if self._items else None
 
     def close(self, reason: CloseReason) -> None:
@@ -126,10 +139,17 @@ class Subscriber:
 
 class Hub:
     def __init__(
-        self, link: PubSubLink, metrics: Metrics, *, queue_size: int, slow_send_s: float
+        self,
+        link: PubSubLink,
+        metrics: Metrics,
+        *,
+        queue_size: int,
+        slow_send_s: float,
+        max_per_user: int,
     ) -> None:
         self.link = link
         self.metrics = metrics
+        self.max_per_user = max_per_user
         self.queue_size = queue_size
         self.slow_send_s = slow_send_s
         self._users: dict[str, set[Subscriber]] = {}
@@ -171,9 +191,13 @@ class Hub:
 
     @contextlib.asynccontextmanager
     async def subscribe(self, user_id: str) -> AsyncIterator[Subscriber]:
-        """A subscriber for `user_id` whose channel is live before this yields."""
+        """A subscriber for `user_id` whose channel is live before this yields.
+
+        Raises TooManySockets, at once, when the user already has `max_per_user` here."""
         if self._closing:
             raise HubUnavailable("shutting down")
+        if len(self._users.get(user_id, ())) >= self.max_per_user:
+            raise TooManySockets(user_id)
         sub = Subscriber(user_id, self.queue_size, self.slow_send_s)
         subs = self._users.get(user_id)
         first = subs is None

@@ -27,8 +27,23 @@ MATCH_TTL_S = 24 * 3600
 # life (score: ms). An entry not seen for queue_stale_s is never matched.
 QUEUE = "simple-matching:queue"
 QUEUE_SEEN = "simple-matching:queue-seen"
-# How many queue entries one enqueue looks at before giving up (bounds Lua time).
+# How many queue entries one enqueue looks at before giving up (bounds Lua time),
+# and how many first users of a pair it tries.
 PAIRING_SCAN_LIMIT = 200
+PAIRING_TRIES = 8
+# Fair queuing by client address (lua/lib.lua: join_queue): the users each
+# address has waiting, who waits from where, and since when.
+WAITING_FROM = "simple-matching:waiting-from:"
+QUEUE_ADDRESS = "simple-matching:queue-address"
+QUEUED_AT = "simple-matching:queued-at"
+FAIR_SLOT_MS = 2000
+# Two waiting users from different addresses meet when their places are this
+# close, or once the earlier one has waited this long.
+FAIR_WINDOW_MS = 1000
+FAIR_PATIENCE_MS = 3000
+QUEUE_KEEP_MS = 24 * 3600 * 1000
+# Sessions minted per client address in the current minute.
+SESSION_RATE = "session-rate:"
 
 # rematch-cooldown:{a}:{b} with a < b: set by a skip, blocks re-pairing a and b.
 REMATCH_COOLDOWN = "rematch-cooldown:"
@@ -103,6 +118,15 @@ def lua_constants(log_retention_ms: int) -> str:
         "K_SKIP_NOTIFICATION": SKIP_NOTIFICATION,
         "K_QUEUE": QUEUE,
         "K_QUEUE_SEEN": QUEUE_SEEN,
+        "K_QUEUE_ADDRESS": QUEUE_ADDRESS,
+        "K_QUEUED_AT": QUEUED_AT,
+        "FAIR_WINDOW_MS": FAIR_WINDOW_MS,
+        "FAIR_PATIENCE_MS": FAIR_PATIENCE_MS,
+        "K_WAITING_FROM": WAITING_FROM,
+        "K_SESSION_RATE": SESSION_RATE,
+        "FAIR_SLOT_MS": FAIR_SLOT_MS,
+        "QUEUE_KEEP_MS": QUEUE_KEEP_MS,
+        "PAIR_TRIES": PAIRING_TRIES,
         "K_COOLDOWN": REMATCH_COOLDOWN,
         "K_LOG": EVENT_LOG,
         "K_SEQ": EVENT_SEQ,

@@ -60,14 +60,15 @@ def _match(value: object) -> Match | None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EnqueueReply:
-    status: Literal["waiting", "matched"]
+    # limited: the client's address has too many users waiting; nothing changed.
+    status: Literal["waiting", "matched", "limited"]
     match: Match | None
 
     @classmethod
     def decode(cls, raw: str | bytes) -> EnqueueReply:
         data = _object(raw)
         status = data.get("status")
-        if status not in ("waiting", "matched"):
+        if status not in ("waiting", "matched", "limited"):
             raise ReplyError(f"enqueue status is {status!r}")
         return cls(status=status, match=_match(data.get("match")))
 

@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 
 from pushskip import keys
 
-SCRIPT_NAMES = ("enqueue", "skip", "leave", "check_disconnect", "touch")
+SCRIPT_NAMES = ("enqueue", "skip", "leave", "check_disconnect", "touch", "session_rate")
 _LINE = re.compile(r"user_script:(\d+)")
 
 
@@ -105,6 +105,7 @@ class Scripts:
     leave: Script
     check_disconnect: Script
     touch: Script
+    session_rate: Script
 
     @classmethod
     def register(cls, redis: Redis, *, retention_ms: int) -> Scripts:

@@ -7,16 +7,21 @@ and resume with `after=`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pushskip import closing, services
 from pushskip.config import Settings
 
+logger = logging.getLogger("pushskip.server")
+
+WS_MAX_MESSAGE_BYTES = 4096
 TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"']+")
 
 
@@ -46,13 +51,64 @@ def install_log_redaction() -> None:
             logger.addFilter(RedactTokens())
 
 
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, dropping a request whose headers take too long to arrive
+    (a slowloris holds no connection for longer than `header_timeout_s`)."""
+
+    header_timeout_s = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expire(self) -> None:
+        self._header_timer = None
+        logger.debug("request headers not complete in %.1fs; closing", self.header_timeout_s)
+        self.transport.close()
+
+
+def http_protocol(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
+    return type(
+        "PushskipHttpProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": header_timeout_s}
+    )
+
+
 def server_config(app: Starlette, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
     install_log_redaction()
+    trusted = settings.trusted_proxies
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=http_protocol(settings.header_timeout_s),
+        # X-Forwarded-For names the client only when a trusted proxy sent it.
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=list(trusted) if trusted else [],
         ws="websockets-sansio",
+        # A client message over 4 KiB closes the socket (1009) before we read it.
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
         # Events are tiny; per-message deflate would cost ~50 KiB per socket.
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ws_ping_interval_s,

@@ -9,10 +9,11 @@ hub or signer call. Nothing is reached through Starlette's untyped
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 
 from pushskip.auth import TokenSigner
 from pushskip.config import Settings
@@ -24,6 +25,10 @@ from pushskip.store import Store
 
 _ATTRIBUTE = "pushskip_services"
 
+# An optional check before POST /api/session mints a session (a captcha, an
+# account): False refuses it with 403. See create_app(session_verifier=...).
+SessionVerifier = Callable[[Request], Awaitable[bool]]
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Services:
@@ -31,11 +36,11 @@ class Services:
     metrics: Metrics
     signer: TokenSigner
     user_limiter: RateLimiter
-    session_limiter: RateLimiter
     redis: Redis
     store: Store
     hub: Hub
     presence: Presence
+    session_verifier: SessionVerifier | None = None
 
     def install(self, app: Starlette) -> None:
         setattr(app.state, _ATTRIBUTE, self)

@@ -16,6 +16,8 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushskip import keys
 from pushskip.metrics import Metrics
@@ -68,6 +70,31 @@ class LeftBehind:
     timestamp: int | None
 
 
+def enqueue_args(me: str, *, stale_s: int, address: str, max_waiting: int) -> list[str]:
+    """ARGV of lua/enqueue.lua (also for callers that pipeline it themselves)."""
+    return [me, new_room_name(), str(stale_s * 1000), address, str(max_waiting)]
+
+
+def skip_args(
+    me: str, *, requeue: bool, stale_s: int, cooldown_s: int, address: str, max_waiting: int
+) -> list[str]:
+    """ARGV of lua/skip.lua."""
+    return [
+        me,
+        "1" if requeue else "0",
+        new_room_name(),
+        str(stale_s * 1000),
+        str(cooldown_s),
+        address,
+        str(max_waiting),
+    ]
+
+
+def leave_args(me: str, *, cooldown_s: int) -> list[str]:
+    """ARGV of lua/leave.lua."""
+    return [me, str(cooldown_s)]
+
+
 class Store:
     def __init__(
         self,
@@ -76,25 +103,35 @@ class Store:
         stale_s: int,
         cooldown_s: int,
         retention_s: int,
+        max_waiting_per_address: int,
         metrics: Metrics | None = None,
     ) -> None:
         self.redis = redis
         self.metrics = metrics
         self.scripts = Scripts.register(redis, retention_ms=retention_s * 1000)
-        self._stale_ms = str(stale_s * 1000)
-        self._cooldown_s = str(cooldown_s)
+        self.stale_s = stale_s
+        self.cooldown_s = cooldown_s
+        self.max_waiting = max_waiting_per_address
 
-    async def enqueue(self, me: str) -> EnqueueReply:
-        return EnqueueReply.decode(
-            await self.scripts.enqueue(me, new_room_name(), self._stale_ms)
+    async def enqueue(self, me: str, *, address: str) -> EnqueueReply:
+        """Queue `me` (who connects from `address`) and pair the earliest waiting users."""
+        args = enqueue_args(
+            me, stale_s=self.stale_s, address=address, max_waiting=self.max_waiting
         )
+        return EnqueueReply.decode(await self.scripts.enqueue(*args))
 
-    async def skip(self, me: str, *, requeue: bool) -> SkipReply:
+    async def skip(self, me: str, *, requeue: bool, address: str) -> SkipReply:
         started_ms = int(time.time() * 1000)
         t0 = time.perf_counter()
-        raw = await self.scripts.skip(
-            me, "1" if requeue else "0", new_room_name(), self._stale_ms, self._cooldown_s
+        args = skip_args(
+            me,
+            requeue=requeue,
+            stale_s=self.stale_s,
+            cooldown_s=self.cooldown_s,
+            address=address,
+            max_waiting=self.max_waiting,
         )
+        raw = await self.scripts.skip(*args)
         script_s = time.perf_counter() - t0
         reply = SkipReply.decode(raw)
         if reply.skipped:
@@ -109,7 +146,9 @@ class Store:
         return reply
 
     async def leave(self, me: str) -> LeaveReply:
-        return LeaveReply.decode(await self.scripts.leave(me, self._cooldown_s))
+        return LeaveReply.decode(
+            await self.scripts.leave(*leave_args(me, cooldown_s=self.cooldown_s))
+        )
 
     async def status(self, me: str) -> UserStatus:
         """Where `me` stands, and their log's last seq and epoch, at one moment."""
@@ -130,6 +169,17 @@ class Store:
     async def touch(self, me: str) -> None:
         """Mark a waiting user as alive, so their queue entry does not go stale."""
         await self.scripts.touch(me)
+
+    async def allow_session(self, address: str, per_minute: int) -> bool:
+        """Count a new session against `address`; False (nothing counted) past the limit.
+
+        With Redis away the session is allowed: a session is a signed token that
+        needs no Redis, and every route that uses it answers 503 meanwhile."""
+        try:
+            return await self.scripts.session_rate(address, str(per_minute)) == "1"
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            logger.warning("session rate not counted (Redis away: %r)", exc)
+            return True
 
     async def check_disconnect(self, me: str) -> str | None:
         """Consume `me`'s disconnect flags; the reason to disconnect, or None."""

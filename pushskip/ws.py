@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from pushskip import closing, events
 from pushskip.auth import InvalidToken
 from pushskip.closing import CloseReason
-from pushskip.hub import PONG, RESYNC, HubUnavailable, Subscriber
+from pushskip.hub import PONG, RESYNC, HubUnavailable, Subscriber, TooManySockets
 from pushskip.metrics import Metrics
 from pushskip.services import Services, services
 from pushskip.store import UserStatus
@@ -51,6 +51,25 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     if "*" in allowed or origin in allowed:
         return True
     return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved; one per message."""
+
+    __slots__ = ("burst", "rate", "since", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.tokens = rate, burst, burst
+        self.since: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.since is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.since) * self.rate)
+        self.since = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 def hello(status: UserStatus, poll_interval_ms: int, user_id: str, *, reset: bool) -> str:
@@ -92,7 +111,10 @@ class Connection:
         self.peer_gone = False
 
     def on_reader_done(self, _: object) -> None:
-        self.peer_gone = True
+        # The reader stops on its own only when the client left, or when it
+        # asked the writer to close the socket (over its message rate).
+        if self.sub.close_reason is None:
+            self.peer_gone = True
         self.sub.wake()
 
     async def send(self, text: str) -> None:
@@ -170,9 +192,17 @@ class Connection:
                 self.metrics.delivered.inc()
 
     async def read(self) -> None:
+        """Answer pings; stop when the client leaves or sends faster than it may.
+
+        Messages over 4 KiB never get here: the protocol closes the socket (1009)."""
+        settings = self.found.settings
+        bucket = TokenBucket(settings.ws_msg_rate, 2 * settings.ws_msg_rate)
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
+                return
+            if not bucket.take(self.loop.time()):
+                self.sub.close(closing.RATE_LIMITED)
                 return
             text = message.get("text")
             if not text or len(text) > MAX_CLIENT_MESSAGE:
@@ -213,6 +243,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 await serve(websocket, found, sub, after, epoch)
             finally:
                 found.presence.socket_closed(user_id)
+    except TooManySockets:
+        await close_quietly(websocket, closing.TOO_MANY_SOCKETS, found.metrics)
     except HubUnavailable as exc:
         if found.hub.closing:
             await close_quietly(websocket, closing.SHUTDOWN, found.metrics)

@@ -36,6 +36,9 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
         "secret": TEST_SECRET,
         "rate_per_s": 10_000.0,
         "rate_burst": 10_000,
+        # Every test client comes from 127.0.0.1: per-address limits are tested on their own.
+        "session_rate_per_min": 1_000_000,
+        "max_waiting_per_address": 100_000,
     }
     values.update(overrides)
     return Settings(**values)
@@ -70,6 +73,8 @@ def app_process(redis_url: str, **env: str) -> Iterator[tuple[str, subprocess.Po
         "PUSHSKIP_SECRET": TEST_SECRET,
         "PUSHSKIP_RATE_PER_S": "10000",
         "PUSHSKIP_RATE_BURST": "10000",
+        "PUSHSKIP_SESSION_RATE_PER_MIN": "1000000",
+        "PUSHSKIP_MAX_WAITING_PER_ADDRESS": "100000",
         **env,
     }
     argv = [sys.executable, "-m", "pushskip", "--log-level", "WARNING", "serve"]

@@ -29,11 +29,23 @@ def event(seq: int) -> RawEvent:
 
 
 async def test_subscriber_hands_out_items_in_order() -> None:
-    """Offered items come out of next() oldest first."""
+    """Offered events come out of next() oldest first; a due pong comes before them."""
     sub = Subscriber("u", limit=8, slow_send_s=1.0)
     for item in (event(1), PONG, event(2)):
         sub.offer(item)
-    assert [await sub.next() for _ in range(3)] == [event(1), PONG, event(2)]
+    assert [await sub.next() for _ in range(3)] == [PONG, event(1), event(2)]
+
+
+async def test_a_burst_of_pings_is_one_pong_and_no_resync() -> None:
+    """10,000 pings take no queue space: one pong is due, events keep their places, and the
+    mailbox never collapses to a log read (RESYNC)."""
+    sub = Subscriber("u", limit=4, slow_send_s=1.0)
+    sub.offer(event(1))
+    for _ in range(10_000):
+        sub.offer(PONG)
+    sub.offer(event(2))
+    assert [await sub.next() for _ in range(3)] == [PONG, event(1), event(2)]
+    assert await sub.next(timeout=0.01) is None
 
 
 async def test_subscriber_next_waits_for_an_offer() -> None:

@@ -28,6 +28,8 @@ from tests.lua_events import append_events
 from tests.test_ws import assert_silent, recv_json, ws_url
 
 PAIRS = 25  # 50 sockets
+# Keys kept per app process or per client address (with TTLs), not per user.
+PER_PROCESS_OR_ADDRESS = ("presence:", "simple-matching:", "session-rate:")
 OUTAGE_S = 3.0
 
 
@@ -374,13 +376,15 @@ async def test_log_keys_all_expire_after_the_retention(own_redis: EmbeddedRedis)
         fixed_ttl = (keys.FORCE_DISCONNECT, keys.ROOM_DELETED, keys.SKIP_NOTIFICATION,
                      keys.SKIP_IN_PROGRESS, keys.PRE_SKIP, keys.REMATCH_COOLDOWN)
         before = [key async for key in redis.scan_iter(count=1000)]
-        governed = [key for key in before if not key.startswith((*fixed_ttl, "presence:"))]
+        governed = [
+            key for key in before if not key.startswith((*fixed_ttl, *PER_PROCESS_OR_ADDRESS))
+        ]
         # The earliest logs may have expired already; the latest are all still here.
         assert len(governed) >= 3 * 20, len(governed)
         for key in before:
             ttl_ms = await redis.pttl(key)  # -2: expired since the scan; -1: no TTL
-            if key.startswith("presence:"):  # per process, not per user
-                limit_ms = keys.PRESENCE_KEEP_MS
+            if key.startswith(PER_PROCESS_OR_ADDRESS):  # not per user
+                limit_ms = max(keys.PRESENCE_KEEP_MS, keys.QUEUE_KEEP_MS)
             else:
                 limit_ms = 1000 * (retention_s if key in governed else 300)
             assert ttl_ms == -2 or 0 <= ttl_ms <= limit_ms, (key, ttl_ms)

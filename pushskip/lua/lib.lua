@@ -71,34 +71,106 @@ end
 local function dequeue(user)
   redis.call('ZREM', K_QUEUE, user)
   redis.call('ZREM', K_QUEUE_SEEN, user)
+  local address = redis.call('HGET', K_QUEUE_ADDRESS, user)
+  if address then
+    redis.call('SREM', K_WAITING_FROM .. address, user)
+    redis.call('HDEL', K_QUEUE_ADDRESS, user)
+    redis.call('HDEL', K_QUEUED_AT, user)
+  end
 end
 
--- Puts `me` in the queue (keeping an earlier place) and pairs them with the
--- longest-waiting live candidate that is not themselves, not already matched
--- and not in a rematch cooldown with them. Entries found matched or not seen
--- for stale_ms are removed on the way. Returns me's match view or nil.
-local function enqueue_and_pair(me, room, now, stale_ms)
-  redis.call('ZADD', K_QUEUE, 'NX', now, me)
+-- Puts `me` in the queue unless they are there already (then they keep their
+-- place). A place is a time (fair queuing by client address): now, plus
+-- FAIR_SLOT_MS for each user already waiting from the same address, so an
+-- address with many users waiting queues the next one far behind everyone
+-- else's, whatever its number of sessions, while a user alone at their
+-- address always queues at now, however often they come back. Returns
+-- false, writing nothing, when `address` already has max_waiting waiting.
+local function join_queue(me, now, address, max_waiting)
+  if not redis.call('ZSCORE', K_QUEUE, me) then
+    local waiting = K_WAITING_FROM .. address
+    local count = redis.call('SCARD', waiting)
+    if count >= max_waiting then return false end
+    redis.call('ZADD', K_QUEUE, now + FAIR_SLOT_MS * count, me)
+    redis.call('SADD', waiting, me)
+    redis.call('PEXPIRE', waiting, QUEUE_KEEP_MS)
+    redis.call('HSET', K_QUEUE_ADDRESS, me, address)
+    redis.call('HSET', K_QUEUED_AT, me, now)
+    redis.call('PEXPIRE', K_QUEUE_ADDRESS, QUEUE_KEEP_MS)
+    redis.call('PEXPIRE', K_QUEUED_AT, QUEUE_KEEP_MS)
+  end
   redis.call('ZADD', K_QUEUE_SEEN, now, me)
-  local candidates = redis.call('ZRANGE', K_QUEUE, 0, SCAN_LIMIT - 1)
-  for _, c in ipairs(candidates) do
-    if c ~= me then
+  redis.call('PEXPIRE', K_QUEUE, QUEUE_KEEP_MS)
+  redis.call('PEXPIRE', K_QUEUE_SEEN, QUEUE_KEEP_MS)
+  return true
+end
+
+local function make_pair(a, b, room, now)
+  local m = {roomName = room, user1 = a, user2 = b, matchedAt = now}
+  local stored = cjson.encode(m)
+  redis.call('SET', K_MATCH .. a, stored, 'EX', MATCH_TTL)
+  redis.call('SET', K_MATCH .. b, stored, 'EX', MATCH_TTL)
+  dequeue(a)
+  dequeue(b)
+  append_event(a, {type = 'matched', match = match_view(m, a)}, now)
+  append_event(b, {type = 'matched', match = match_view(m, b)}, now)
+  return m
+end
+
+-- Pairs the two waiting users with the earliest places that may meet: live
+-- (seen within stale_ms, not matched: others are removed on the way), not
+-- the same, not in a rematch cooldown, and, when they come from different
+-- addresses, the later place at most FAIR_WINDOW_MS ahead of the earlier one
+-- (or of now, if that is later) unless the earlier one has waited
+-- FAIR_PATIENCE_MS already: a user from a quiet address waits a
+-- moment for another rather than being handed to an address that queues
+-- users far ahead (a bot pool), but never long.
+-- Looks at the first SCAN_LIMIT places and tries at most PAIR_TRIES first
+-- users. Returns the match made, or nil.
+local function pair_earliest(room, now, stale_ms)
+  local entries = redis.call('ZRANGE', K_QUEUE, 0, SCAN_LIMIT - 1, 'WITHSCORES')
+  local places = {}
+  for k = 2, #entries, 2 do places[k / 2] = tonumber(entries[k]) end
+  for k = 1, #places do entries[k] = entries[2 * k - 1] end
+  for k = #places + 1, #entries do entries[k] = nil end
+  local live = {}
+  local function is_live(k)
+    if live[k] == nil then
+      local c = entries[k]
       local seen = tonumber(redis.call('ZSCORE', K_QUEUE_SEEN, c) or '0')
-      if seen < now - stale_ms or redis.call('EXISTS', K_MATCH .. c) == 1 then
-        dequeue(c)
-      elseif redis.call('EXISTS', cooldown_key(me, c)) == 0 then
-        local m = {roomName = room, user1 = c, user2 = me, matchedAt = now}
-        local stored = cjson.encode(m)
-        redis.call('SET', K_MATCH .. c, stored, 'EX', MATCH_TTL)
-        redis.call('SET', K_MATCH .. me, stored, 'EX', MATCH_TTL)
-        dequeue(c)
-        dequeue(me)
-        append_event(c, {type = 'matched', match = match_view(m, c)}, now)
-        append_event(me, {type = 'matched', match = match_view(m, me)}, now)
-        return match_view(m, me)
+      live[k] = not (seen < now - stale_ms or redis.call('EXISTS', K_MATCH .. c) == 1)
+      if not live[k] then dequeue(c) end
+    end
+    return live[k]
+  end
+  local tries = 0
+  for i = 1, #entries do
+    if is_live(i) then
+      tries = tries + 1
+      if tries > PAIR_TRIES then return nil end
+      local queued = tonumber(redis.call('HGET', K_QUEUED_AT, entries[i]) or now)
+      local patient = now - queued >= FAIR_PATIENCE_MS
+      local from = redis.call('HGET', K_QUEUE_ADDRESS, entries[i])
+      for j = i + 1, #entries do
+        if is_live(j)
+            and (patient or places[j] <= math.max(places[i], now) + FAIR_WINDOW_MS
+                 or redis.call('HGET', K_QUEUE_ADDRESS, entries[j]) == from)
+            and redis.call('EXISTS', cooldown_key(entries[i], entries[j])) == 0 then
+          return make_pair(entries[i], entries[j], room, now)
+        end
       end
     end
   end
+  return nil
+end
+
+-- `me` joins the queue (see join_queue), then the two earliest waiting users
+-- that may meet are paired, `me` or not. Returns 'limited' (nothing written),
+-- me's match view when `me` was paired, or nil when `me` waits.
+local function enqueue_and_pair(me, room, now, stale_ms, address, max_waiting)
+  if not join_queue(me, now, address, max_waiting) then return 'limited' end
+  local m = pair_earliest(room, now, stale_ms)
+  if m and (m.user1 == me or m.user2 == me) then return match_view(m, me) end
   return nil
 end
 

@@ -1,6 +1,8 @@
 -- `me` skips their partner, in one atomic step (API.md, Skip).
 -- ARGV[1] me, ARGV[2] '1' to requeue me, ARGV[3] room name for a new pair,
--- ARGV[4] stale_ms, ARGV[5] rematch cooldown seconds.
+-- ARGV[4] stale_ms, ARGV[5] rematch cooldown seconds, ARGV[6] me's client
+-- address, ARGV[7] most users one address may have waiting (past it, the skip
+-- still ends the match but `me` is not requeued: status 'idle').
 -- Returns JSON {skipped = false} with no match, else {skipped = true,
 -- roomName, partnerId, status = 'idle'|'waiting'|'matched', match = new match
 -- or absent}. Both users skipping at once: the first script ends the match,
@@ -8,6 +10,7 @@
 -- partner-skipped at most.
 local me, requeue, new_room = ARGV[1], ARGV[2] == '1', ARGV[3]
 local stale_ms, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
+local address, max_waiting = ARGV[6], tonumber(ARGV[7])
 local room, other = end_match(me)
 if not room then return cjson.encode({skipped = false}) end
 local now = now_ms()
@@ -23,7 +26,12 @@ redis.call('SET', cooldown_key(me, other), room, 'EX', cooldown)
 append_event(other, {type = 'partner-skipped', roomName = room, skippedBy = me}, now)
 local reply = {skipped = true, roomName = room, partnerId = other, status = 'idle'}
 if requeue then
-  reply.match = enqueue_and_pair(me, new_room, now, stale_ms)
-  reply.status = reply.match and 'matched' or 'waiting'
+  local m = enqueue_and_pair(me, new_room, now, stale_ms, address, max_waiting)
+  if m == 'limited' then
+    reply.status = 'idle'
+  else
+    reply.match = m
+    reply.status = m and 'matched' or 'waiting'
+  end
 end
 return cjson.encode(reply)

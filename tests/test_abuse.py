@@ -1,0 +1,377 @@
+"""Abuse resistance: one socket, one address or one user cannot take the service or the
+queue. Real uvicorn, real Redis, real websockets client; addresses other than the test's
+own are only header values behind a trusted proxy (no traffic goes anywhere else)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import websockets
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from pushskip import keys
+from pushskip.app import create_app
+from pushskip.embedded import EmbeddedRedis
+from pushskip.server import PushskipServer, server_config
+from tests.helpers import (
+    User,
+    app_process,
+    free_port,
+    make_settings,
+    new_user,
+    run_server,
+    snapshot,
+)
+from tests.test_ws import recv_json, ws_url
+
+BOTS = 200
+# Documentation-range addresses: only ever written into X-Forwarded-For headers.
+BOT_ADDRESS = "192.0.2.66"
+REAL_ADDRESSES = ("198.51.100.7", "203.0.113.9")
+
+
+@contextlib.asynccontextmanager
+async def server(url: str, **overrides: Any) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    async with run_server(make_settings(url, **overrides)) as base, httpx.AsyncClient(
+        base_url=base, timeout=10
+    ) as http:
+        yield base, http
+
+
+async def session_from(http: httpx.AsyncClient, address: str) -> User:
+    response = await http.post("/api/session", headers={"X-Forwarded-For": address})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    user = User(http, body["userId"], body["token"])
+    user.headers["X-Forwarded-For"] = address
+    return user
+
+
+# --- sockets ---------------------------------------------------------------------------
+
+
+async def test_ping_flood_is_closed_1008_and_others_keep_their_latency(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """A socket sending pings as fast as it can is closed 1008 after its burst; meanwhile
+    another user's skip still reaches its partner promptly."""
+    async with server(redis_server.url, ws_msg_rate=10.0) as (base, http):
+        flooder = await new_user(http)
+        a, b = await new_user(http), await new_user(http)
+        await a.call("enqueue")
+        await b.call("enqueue")
+        async with websockets.connect(ws_url(base, flooder)) as flood, websockets.connect(
+            ws_url(base, b)
+        ) as ws_b:
+            await recv_json(flood)
+            await recv_json(ws_b)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for _ in range(2_000):
+                    await flood.send('{"type":"ping"}')
+            pongs = 0
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                while True:
+                    assert await recv_json(flood) == {"type": "pong"}
+                    pongs += 1
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+            assert pongs <= 20  # answered within its burst, then closed: no 2,000 pongs
+            started = time.monotonic()
+            await a.call("skip", {"requeue": False})
+            assert (await recv_json(ws_b))["type"] == "partner-skipped"
+            assert time.monotonic() - started < 2.0
+        metrics = (await http.get("/metrics")).text
+        assert "pushskip_ws_rate_limited_closes_total 1.0" in metrics
+
+
+async def test_pings_within_the_rate_get_pongs(http: httpx.AsyncClient, base_url: str) -> None:
+    """Pings at a modest pace are each answered; the socket stays open."""
+    user = await new_user(http)
+    async with websockets.connect(ws_url(base_url, user)) as ws:
+        await recv_json(ws)
+        for _ in range(5):
+            await ws.send('{"type":"ping"}')
+            assert await recv_json(ws) == {"type": "pong"}
+
+
+async def test_message_over_4_kib_closes_1009(http: httpx.AsyncClient, base_url: str) -> None:
+    """A client message over 4 KiB is refused by the protocol with 1009."""
+    user = await new_user(http)
+    async with websockets.connect(ws_url(base_url, user)) as ws:
+        await recv_json(ws)
+        await ws.send("x" * 4097)
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await recv_json(ws)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+async def test_sockets_per_user_are_capped_with_4429(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """A user may hold max_sockets_per_user sockets per process; one more is closed 4429,
+    and a place frees up when one closes."""
+    async with server(redis_server.url, max_sockets_per_user=3) as (base, http):
+        user = await new_user(http)
+        sockets = [await websockets.connect(ws_url(base, user)) for _ in range(3)]
+        for ws in sockets:
+            assert (await recv_json(ws))["type"] == "hello"
+        async with websockets.connect(ws_url(base, user)) as extra:
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await recv_json(extra)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4429
+        await sockets.pop().close()
+        await asyncio.sleep(0.1)
+        async with websockets.connect(ws_url(base, user)) as again:
+            assert (await recv_json(again))["type"] == "hello"
+        for ws in sockets:
+            await ws.close()
+
+
+# --- addresses -------------------------------------------------------------------------
+
+
+async def test_forwarded_for_is_ignored_unless_the_peer_is_trusted(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """With no trusted proxy, X-Forwarded-For cannot spread one client over many session
+    buckets; with the peer trusted, each forwarded address has its own."""
+    async with server(redis_server.url, session_rate_per_min=5) as (_, http):
+        codes = [
+            (await http.post("/api/session", headers={"X-Forwarded-For": f"192.0.2.{i}"}))
+            .status_code
+            for i in range(8)
+        ]
+        assert codes == [200] * 5 + [429] * 3
+    await redis.flushall()
+    async with server(
+        redis_server.url, session_rate_per_min=5, trusted_proxies=("127.0.0.1",)
+    ) as (_, http):
+        codes = [
+            (await http.post("/api/session", headers={"X-Forwarded-For": f"192.0.2.{i}"}))
+            .status_code
+            for i in range(8)
+        ]
+        assert codes == [200] * 8
+
+
+async def test_session_limit_holds_across_processes_and_writes_nothing_when_refused(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """The per-address session limit is kept in Redis (two processes share it), and a
+    refused mint changes nothing."""
+    async with server(redis_server.url, session_rate_per_min=4) as (_, one), server(
+        redis_server.url, session_rate_per_min=4
+    ) as (_, two):
+        codes = [(await http.post("/api/session")).status_code for http in (one, two) * 3]
+        assert codes == [200] * 4 + [429] * 2
+        before = await snapshot(redis)
+        assert (await one.post("/api/session")).status_code == 429
+        assert await snapshot(redis) == before
+
+
+async def test_waiting_users_per_address_are_capped(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """Past max_waiting_per_address users waiting from one address, enqueue is 429 and
+    changes nothing; when one of them stops waiting, another may wait."""
+    async with server(
+        redis_server.url, max_waiting_per_address=2, trusted_proxies=("127.0.0.1",)
+    ) as (_, http):
+        users = [await session_from(http, BOT_ADDRESS) for _ in range(3)]
+        # Two of the same address waiting would be paired with each other: block that.
+        await redis.set(keys.rematch_cooldown(users[0].id, users[1].id), "x", ex=60)
+        for user in users[:2]:
+            assert (await user.call("enqueue"))["status"] == "waiting"
+        before = await snapshot(redis)
+        response = await users[2].post("enqueue", json={})
+        assert response.status_code == 429 and response.json()["success"] is False
+        assert await snapshot(redis) == before
+        await users[0].call("leave")
+        third = await users[2].call("enqueue")
+        assert third["status"] == "matched" and third["match"]["partnerId"] == users[1].id
+
+
+async def test_bot_pool_on_one_address_cannot_keep_two_real_users_apart(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """200 bot sessions from one address keep re-enqueueing (each every second or so),
+    skipping whoever they get, and hold the queue; two real users from two other
+    addresses, each skipping every bot it meets, meet each other within 2 s (seen on
+    their sockets)."""
+    env = {
+        "PUSHSKIP_TRUSTED_PROXIES": "127.0.0.1",
+        "PUSHSKIP_MAX_WAITING_PER_ADDRESS": "20",
+        "PUSHSKIP_REMATCH_COOLDOWN_S": "60",
+    }
+    with app_process(redis_server.url, **env) as (base, _):
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=base, timeout=20, limits=limits) as http:
+            bots = [await session_from(http, BOT_ADDRESS) for _ in range(BOTS)]
+            # The worst case: bots never take each other (they have all just met), so
+            # they hold every place their address may have in the queue.
+            async with redis.pipeline(transaction=False) as pipe:
+                for i, x in enumerate(bots):
+                    for y in bots[i + 1 :]:
+                        pipe.set(keys.rematch_cooldown(x.id, y.id), "bot", ex=120)
+                await pipe.execute()
+            stop = asyncio.Event()
+            bot_calls = 0
+
+            async def bot(user: User) -> None:
+                nonlocal bot_calls
+                while not stop.is_set():
+                    response = await user.post("enqueue", json={})
+                    bot_calls += 1
+                    if response.status_code == 200 and response.json()["status"] == "matched":
+                        await user.post("skip", json={"requeue": True})
+                    await asyncio.sleep(1.0)
+
+            meetings: dict[str, list[str]] = {}
+
+            async def real(user: User, other: User) -> tuple[float, list[str]]:
+                """Skip every bot; done when a socket event says matched with `other`."""
+                met = meetings[user.id] = []
+                async with websockets.connect(ws_url(base, user)) as ws:
+                    await recv_json(ws)
+                    started = time.monotonic()
+                    await user.call("enqueue")
+                    while True:
+                        event = await recv_json(ws, timeout=10)
+                        if event["type"] in ("partner-skipped", "partner-left"):
+                            await user.call("enqueue")  # as the bundled client does
+                        if event["type"] != "matched":
+                            continue
+                        partner = event["match"]["partnerId"]
+                        met.append(partner)
+                        if partner == other.id:
+                            return time.monotonic() - started, met
+                        await user.call("skip", {"requeue": True})
+
+            tasks = [asyncio.create_task(bot(b)) for b in bots]
+            try:
+                await asyncio.sleep(2.0)
+                calls_before = bot_calls
+                bots_waiting = await redis.zcard(keys.QUEUE)
+                a = await session_from(http, REAL_ADDRESSES[0])
+                b = await session_from(http, REAL_ADDRESSES[1])
+                try:
+                    results = await asyncio.wait_for(asyncio.gather(real(a, b), real(b, a)), 15)
+                except TimeoutError:
+                    raise AssertionError(("never met", meetings)) from None
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    # The bots were at it, and held the queue when the real users came.
+    assert calls_before > 100 and bots_waiting == 20, (calls_before, bots_waiting)
+    times = [elapsed for elapsed, _ in results]
+    print(f"bot pool: real users met each other after {times} s; bots met first: "
+          f"{[len(met) - 1 for _, met in results]}")
+    assert max(times) <= 2.0, results
+
+
+# --- malformed input and misbehaving clients --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"roomName": "\\ud800"}',
+        b'{"roomName": "ok", "userId": "\\udfff"}',
+        b'{"roomName": "ok", "x": ["\\ud83d"]}',
+        b'{"\\ud800": 1, "roomName": "ok"}',
+    ],
+)
+async def test_lone_surrogates_are_400_and_change_nothing(
+    http: httpx.AsyncClient, redis: Redis, body: bytes
+) -> None:
+    """A JSON string that is not valid Unicode (a lone surrogate) anywhere in a body is a
+    400, never a 500, and changes nothing."""
+    user = await new_user(http)
+    before = await snapshot(redis)
+    response = await user.post(
+        "check-room-valid", content=body
+    )
+    assert response.status_code == 400, response.text
+    assert "Unicode" in response.json()["error"]
+    assert await snapshot(redis) == before
+
+
+async def test_slow_headers_are_dropped_after_the_header_timeout(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """A client that sends its request headers slower than header_timeout_s is dropped;
+    an idle connection that sent nothing too."""
+    async with server(redis_server.url, header_timeout_s=0.5) as (base, _):
+        host, port = urlsplit(base).hostname, urlsplit(base).port
+        assert host and port
+        for partial in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", b""):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(partial)
+            await writer.drain()
+            started = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            assert 0.3 <= time.monotonic() - started <= 3.0
+            writer.close()
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_client_dropping_its_upload_is_no_server_error(
+    redis: Redis, redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closes mid-body is logged at debug, with no traceback and no 500."""
+    caplog.set_level(logging.DEBUG)
+    async with server(redis_server.url) as (base, http):
+        user = await new_user(http)
+        host, port = urlsplit(base).hostname, urlsplit(base).port
+        assert host and port
+        with socket.create_connection((host, port)) as raw:
+            raw.sendall(
+                b"POST /api/simple-matching/enqueue HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + user.token.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"a\": "
+            )
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.3)
+        assert (await http.get("/healthz")).status_code == 200
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert bad == [], [r.getMessage() for r in bad]
+    assert any("client left" in r.getMessage() for r in caplog.records)
+
+
+async def test_session_verifier_can_refuse_a_session(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """create_app(session_verifier=...) is asked before a session is minted; False is a 403
+    that counts nothing against the address."""
+
+    async def verifier(request: Request) -> bool:
+        return request.headers.get("x-captcha") == "solved"
+
+    settings = make_settings(redis_server.url)
+    app = create_app(settings, session_verifier=verifier)
+    port = free_port()
+    server_ = PushskipServer(server_config(app, settings, host="127.0.0.1", port=port))
+    server_.config.install_signal_handlers = False  # type: ignore[attr-defined]
+    task = asyncio.create_task(server_.serve())
+    try:
+        while not server_.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            refused = await http.post("/api/session")
+            assert refused.status_code == 403 and refused.json()["success"] is False
+            assert await redis.keys(keys.SESSION_RATE + "*") == []
+            ok = await http.post("/api/session", headers={"X-Captcha": "solved"})
+            assert ok.status_code == 200 and ok.json()["token"]
+    finally:
+        server_.should_exit = True
+        await task
