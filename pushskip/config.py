@@ -260,8 +260,9 @@ class Settings:
                 values[name] = value
         if "secret" not in values:
             logger.warning(
-                "PUSHSKIP_SECRET is unset: using a random secret, so tokens die with this "
-                "process and other hub processes will not accept them"
+                "PUSHSKIP_SECRET is unset: using a random secret (shared by this process's "
+                "workers), so tokens die with this process and other `pushskip serve` "
+                "processes will not accept them"
             )
         return cls(**values)
 

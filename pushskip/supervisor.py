@@ -20,11 +20,13 @@ exits; the parent waits for them all (killing one that outlives
 DRAIN_TIMEOUT_S), and only then does the CLI stop the private Redis. A worker
 gets SIGTERM too if the parent itself dies.
 
-This is a small supervisor of our own rather than a subclass of uvicorn's
-`Multiprocess`: that class makes its workers run a plain `uvicorn.Server` (not
-`PushskipServer`) and its constructor and worker class are internals that
-changed shape in uvicorn 0.51, while pushskip accepts any uvicorn >= 0.30. It
-uses only uvicorn's public `Config` and `Server.run(sockets=...)`.
+This is a small supervisor of our own, modelled on uvicorn's `Multiprocess`
+(spawned workers, a socket bound by the parent) rather than a subclass of it:
+that class makes its workers run a plain `uvicorn.Server`, not
+`PushskipServer`, and its constructor and worker class are internals that have
+changed between uvicorn releases (projects that subclassed them broke on
+upgrades), while pushskip accepts any uvicorn >= 0.30. This uses only uvicorn's
+public `Config` and `Server.run(sockets=...)`.
 """
 
 from __future__ import annotations
