@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -75,7 +76,10 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 async def healthz(request: Request) -> Response:
     found = services(request)
     await retry_read(found.redis.ping)
-    return JSONResponse({"success": True, "redis": "ok", "hub": found.hub.ready})
+    # pid: which process answered (with `pushskip serve --workers N`, one of N).
+    return JSONResponse(
+        {"success": True, "redis": "ok", "hub": found.hub.ready, "pid": os.getpid()}
+    )
 
 
 def redis_clients(settings: Settings) -> tuple[Redis, Redis]:

@@ -4,50 +4,70 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
+import socket
 import sys
-from types import FrameType
 
-from pushskip import config
+from pushskip import config, supervisor
 from pushskip.app import create_app
 from pushskip.config import ConfigError, Settings
 from pushskip.embedded import EmbeddedRedis, EmbeddedRedisError
-from pushskip.server import PushskipServer, server_config
+from pushskip.server import (
+    PushskipServer,
+    configure_logging,
+    exit_cleanly_on_signals,
+    server_config,
+)
 
 logger = logging.getLogger("pushskip.cli")
 
 
-def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
-
-
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    # uvicorn handles SIGTERM and SIGINT while it serves and re-raises them
-    # when done; these handlers turn that (and a signal during start-up) into
-    # a normal exit, so the `finally` below stops the private Redis last.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    signal.signal(signal.SIGINT, _exit_cleanly)
+    exit_cleanly_on_signals()
     host = args.host or settings.host
     port = args.port or settings.port
-    embedded: EmbeddedRedis | None = None
-    if settings.redis_url is None:
+    workers = args.workers or settings.workers
+    listener: socket.socket | None = None
+    if workers > 1:
+        # Several workers: the parent binds the port (before starting Redis, so a
+        # taken port fails fast) and hands the socket to each of them.
+        configure_logging(logging.getLogger().getEffectiveLevel(), workers=True)
         try:
-            embedded = EmbeddedRedis(binary=settings.redis_server)
-            settings = settings.with_redis_url(embedded.start())
-        except EmbeddedRedisError as exc:
-            print(f"pushskip: {exc}", file=sys.stderr)
+            listener = supervisor.listen(host, port)
+        except OSError as exc:
+            print(f"pushskip: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
             return 1
-        logger.info("REDIS_URL is unset: started a private Redis at %s", settings.redis_url)
+    embedded: EmbeddedRedis | None = None
     try:
+        if settings.redis_url is None:
+            try:
+                embedded = EmbeddedRedis(binary=settings.redis_server)
+                settings = settings.with_redis_url(embedded.start())
+            except EmbeddedRedisError as exc:
+                print(f"pushskip: {exc}", file=sys.stderr)
+                return 1
+            logger.info("REDIS_URL is unset: started a private Redis at %s", settings.redis_url)
+        if listener is not None:
+            logger.info("serving on http://%s:%d with %d workers", host, port, workers)
+            return supervisor.run(settings, listener, host=host, port=port, workers=workers)
         app = create_app(settings)
         server = PushskipServer(server_config(app, settings, host=host, port=port))
         logger.info("serving on http://%s:%d", host, port)
         server.run()
     finally:
-        # The private Redis goes last, after every socket and request is done.
+        # The private Redis goes last, after every socket and request is done
+        # (with workers: after every worker has exited).
+        if listener is not None:
+            listener.close()
         if embedded is not None:
             embedded.close()
     return 0
+
+
+def workers_arg(raw: str) -> int:
+    try:
+        return config.worker_count("--workers", raw)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,12 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="serve the API, WebSocket and demo page")
     p_serve.add_argument("--host", help="default: HOST, else 127.0.0.1")
     p_serve.add_argument("--port", type=int, help="default: PORT, else 8000")
+    p_serve.add_argument(
+        "--workers",
+        type=workers_arg,
+        help="processes serving the one port, or `auto`: one per core "
+        "(default: PUSHSKIP_WORKERS, else 1: this process serves alone)",
+    )
     p_serve.set_defaults(func=serve)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=(args.log_level or config.read_env("log_level") or config.DEFAULT_LOG_LEVEL).upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(args.log_level or config.read_env("log_level") or config.DEFAULT_LOG_LEVEL)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

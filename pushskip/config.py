@@ -45,6 +45,7 @@ DEFAULT_WATCHDOG_INTERVAL_S = 5.0
 DEFAULT_REDIS_TIMEOUT_S = 2.0
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+DEFAULT_WORKERS = 1
 DEFAULT_LOG_LEVEL = "INFO"
 
 
@@ -86,6 +87,24 @@ def port_number(name: str, raw: str) -> int:
     if value > 65535:
         raise ConfigError(f"{name} must be a port number (1-65535), got {value}")
     return value
+
+
+def cpu_count() -> int:
+    """The cores this process may run on: os.process_cpu_count() (Python 3.13+), else the
+    CPU affinity mask, else os.cpu_count()."""
+    counter = getattr(os, "process_cpu_count", None)
+    if counter is not None:
+        return int(counter() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def worker_count(name: str, raw: str) -> int:
+    """A positive number of processes, or `auto`: one per core."""
+    if raw.strip().lower() == "auto":
+        return cpu_count()
+    return positive_int(name, raw)
 
 
 Parser = Callable[[str, str], Any]
@@ -155,8 +174,10 @@ class Settings:
         shown="unset: private server",
     )
     secret: str = setting(
-        None, "signs session tokens; set it when running several processes",
-        shown="random per process", factory=_random_secret, in_repr=False,
+        None, "signs session tokens; set it when running several `pushskip serve`",
+        shown="random per `pushskip serve` (its workers share it)",
+        factory=_random_secret,
+        in_repr=False,
     )
     allowed_origins: tuple[str, ...] = setting(
         (), "extra browser origins allowed on `/ws` (comma-separated, `*` for any)",
@@ -246,6 +267,12 @@ class Settings:
     port: int = setting(
         DEFAULT_PORT, "port `pushskip serve` listens on", env="PORT", parse=port_number
     )
+    workers: int = setting(
+        DEFAULT_WORKERS,
+        "processes `pushskip serve` runs on its one port, or `auto`: one per core (see "
+        "Running several processes)",
+        parse=worker_count,
+    )
     log_level: str = setting(DEFAULT_LOG_LEVEL, "log level of `pushskip serve`")
     # Part of the contract (API.md: 413 past 16 KiB), so not an operator's knob.
     max_body_bytes: int = setting(
@@ -262,8 +289,9 @@ class Settings:
                 values[name] = value
         if "secret" not in values:
             logger.warning(
-                "PUSHSKIP_SECRET is unset: using a random secret, so tokens die with this "
-                "process and other hub processes will not accept them"
+                "PUSHSKIP_SECRET is unset: using a random secret (shared by this process's "
+                "workers), so tokens die with this process and other `pushskip serve` "
+                "processes will not accept them"
             )
         return cls(**values)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
 import socket
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -23,6 +25,35 @@ logger = logging.getLogger("pushskip.server")
 
 WS_MAX_MESSAGE_BYTES = 4096
 TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"']+")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# Several processes writing to one stream: each line names its process.
+WORKERS_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+# uvicorn waits this long for requests and sockets to finish when it shuts down.
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def configure_logging(level: int | str, *, workers: bool = False) -> None:
+    """The root logger's level and format (`workers`: with each line's process id)."""
+    logging.basicConfig(
+        level=level.upper() if isinstance(level, str) else level,
+        format=WORKERS_LOG_FORMAT if workers else LOG_FORMAT,
+        force=workers,
+    )
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def exit_cleanly_on_signals() -> None:
+    """SIGTERM and SIGINT raise SystemExit(0).
+
+    uvicorn handles them while it serves and re-raises them when done; these
+    handlers turn that (and a signal during start-up) into a normal exit, so
+    the callers' `finally` blocks run (the CLI stops the private Redis last).
+    """
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
 
 
 class RedactTokens(logging.Filter):
@@ -113,7 +144,7 @@ def server_config(app: Starlette, settings: Settings, *, host: str, port: int) -
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_timeout_s,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         log_config=None,
         access_log=False,
     )
