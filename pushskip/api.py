@@ -7,18 +7,19 @@ raised before anything touches Redis, and rendered by `app.py` as
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from pushskip import events
 from pushskip.auth import InvalidToken, bearer_token, new_user_id
 from pushskip.events import MAX_SEQ as MAX_SEQ  # the limit parse_after enforces
-from pushskip.services import services
+from pushskip.services import Services, services
 
 Handler = Callable[[Request], Awaitable[JSONResponse]]
 MAX_ROOM_NAME = 128
@@ -63,12 +64,12 @@ async def read_body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "Request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "Request body must be a JSON object")
-    if not _valid_unicode(data):
+    if not valid_unicode(data):
         raise ApiError(400, "Request body holds a string that is not valid Unicode")
     return data
 
 
-def _valid_unicode(value: object) -> bool:
+def valid_unicode(value: object) -> bool:
     """No lone surrogate (JSON lets "\\ud800" through; Redis and UTF-8 do not)."""
     stack = [value]
     while stack:
@@ -119,13 +120,36 @@ def optional_field(body: dict[str, Any], name: str, kind: type, default: Any) ->
     return value
 
 
-def user_route(
-    handler: Callable[[Request, str, dict[str, Any]], Awaitable[dict[str, Any]]],
-    *,
-    reads_body: bool,
-    token_in_body: bool = False,
-) -> Handler:
-    """Wraps a handler with auth, rate limit, body parsing, the userId check and presence.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks, from which client address, with which query string: what an action
+    needs besides its body, whether it came over HTTP or the socket."""
+
+    found: Services
+    me: str
+    address: str
+    query: Mapping[str, str]
+
+
+Action = Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def check_rate(caller: Caller) -> None:
+    if not caller.found.user_limiter.allow(caller.me):
+        raise ApiError(429, "Too many requests; slow down")
+
+
+async def perform(caller: Caller, action: Action, body: dict[str, Any]) -> dict[str, Any]:
+    """An action's checks and effects, the same over HTTP and over the socket (the rate
+    limit is checked before, so a limited request is not even read)."""
+    check_claimed_user(caller.me, body.get("userId", caller.query.get("userId")))
+    payload = await action(caller, body)
+    await caller.found.presence.touch(caller.me)
+    return payload
+
+
+def user_route(action: Action, *, reads_body: bool, token_in_body: bool = False) -> Handler:
+    """Wraps an action with auth, rate limit, body parsing, the userId check and presence.
 
     With `token_in_body`, a request without an Authorization header may carry
     its token as the body's `token` field (what `navigator.sendBeacon` can send).
@@ -135,9 +159,11 @@ def user_route(
         found = services(request)
         beacon = token_in_body and "authorization" not in request.headers
         body = await read_body(request) if beacon else {}
-        me = authenticate(request, body.get("token"))
-        if not found.user_limiter.allow(me):
-            raise ApiError(429, "Too many requests; slow down")
+        caller = Caller(
+            found, authenticate(request, body.get("token")), client_address(request),
+            request.query_params,
+        )
+        check_rate(caller)
         if beacon:
             pass  # read above
         elif reads_body:
@@ -145,10 +171,7 @@ def user_route(
         else:
             # A GET has no use for a body, but the size cap holds for every route.
             await read_raw_body(request)
-        check_claimed_user(me, body.get("userId", request.query_params.get("userId")))
-        payload = await handler(request, me, body)
-        await found.presence.touch(me)
-        return ok(payload)
+        return ok(await perform(caller, action, body))
 
     return endpoint
 
@@ -167,14 +190,14 @@ async def create_session(request: Request) -> JSONResponse:
     return ok({"userId": user_id, "token": signer.sign(user_id), "expiresIn": signer.ttl_s})
 
 
-def client_address(request: Request) -> str:
+def client_address(conn: HTTPConnection) -> str:
     """The peer, or the client a trusted proxy named (uvicorn applies
     PUSHSKIP_TRUSTED_PROXIES to X-Forwarded-For before we see the request)."""
-    return request.client.host if request.client else "unknown"
+    return conn.client.host if conn.client else "unknown"
 
 
-async def enqueue(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    reply = await services(request).store.enqueue(me, address=client_address(request))
+async def enqueue(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+    reply = await caller.found.store.enqueue(caller.me, address=caller.address)
     if reply.status == "limited":
         raise ApiError(429, "Too many users from this address are waiting; try again later")
     if reply.status == "matched":
@@ -182,16 +205,16 @@ async def enqueue(request: Request, me: str, body: dict[str, Any]) -> dict[str, 
     return {"status": "waiting"}
 
 
-async def leave(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    reply = await services(request).store.leave(me)
+async def leave(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+    reply = await caller.found.store.leave(caller.me)
     return {"left": True, "roomName": reply.room}
 
 
-async def status(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    store = services(request).store
-    result = await store.status(me)
+async def status(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+    store = caller.found.store
+    result = await store.status(caller.me)
     if result.state == "waiting":
-        await store.touch(me)
+        await store.touch(caller.me)
     return {
         "state": result.state,
         "match": result.match,
@@ -200,11 +223,9 @@ async def status(request: Request, me: str, body: dict[str, Any]) -> dict[str, A
     }
 
 
-async def skip(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+async def skip(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     requeue = optional_field(body, "requeue", bool, True)
-    result = await services(request).store.skip(
-        me, requeue=requeue, address=client_address(request)
-    )
+    result = await caller.found.store.skip(caller.me, requeue=requeue, address=caller.address)
     if not result.skipped:
         return {"skipped": False, "message": "No active match"}
     return {
@@ -215,25 +236,25 @@ async def skip(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any
     }
 
 
-async def check_disconnect(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    reason = await services(request).store.check_disconnect(me)
+async def check_disconnect(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+    reason = await caller.found.store.check_disconnect(caller.me)
     if reason is None:
         return {"shouldDisconnect": False}
     return {"shouldDisconnect": True, "reason": reason}
 
 
-async def check_room_valid(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+async def check_room_valid(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     room = body.get("roomName")
     if not isinstance(room, str) or not room:
         raise ApiError(400, "roomName is required and must be a non-empty string")
     if len(room) > MAX_ROOM_NAME:
         raise ApiError(400, f"roomName is longer than {MAX_ROOM_NAME} characters")
-    reason = await services(request).store.check_room_valid(me, room)
+    reason = await caller.found.store.check_room_valid(caller.me, room)
     return {"valid": reason is None, "reason": reason}
 
 
-async def left_behind_status(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
-    note = await services(request).store.left_behind(me)
+async def left_behind_status(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+    note = await caller.found.store.left_behind(caller.me)
     if note is None:
         return {"leftBehind": False, "skippedBy": None, "roomName": None, "timestamp": None}
     return {
@@ -259,11 +280,11 @@ def parse_epoch(raw: str | None) -> str | None:
         raise ApiError(400, str(exc)) from None
 
 
-async def list_events(request: Request, me: str, body: dict[str, Any]) -> dict[str, Any]:
+async def list_events(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     """The log after `after`; with a stale `epoch`, the whole current log and the state."""
-    after = parse_after(request.query_params.get("after"))
-    epoch = parse_epoch(request.query_params.get("epoch"))
-    found = services(request)
+    after = parse_after(caller.query.get("after"))
+    epoch = parse_epoch(caller.query.get("epoch"))
+    found, me = caller.found, caller.me
     log = await events.read_log(found.redis, me, after)
     await found.store.touch(me)
     if (epoch is None or epoch == log.epoch) and after <= log.last_seq:
@@ -283,6 +304,11 @@ async def list_events(request: Request, me: str, body: dict[str, Any]) -> dict[s
         "state": status.state,
         "match": status.match,
     }
+
+
+# What a client may do over its socket as well as over HTTP (API.md, Actions over the socket).
+SOCKET_ACTIONS: dict[str, Action] = {"enqueue": enqueue, "skip": skip, "leave": leave}
+REDIS_DOWN = "Redis is unreachable; try again shortly"
 
 
 def routes() -> list[BaseRoute]:

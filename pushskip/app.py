@@ -58,7 +58,7 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 async def on_redis_down(request: Request, exc: Exception) -> Response:
     logger.warning("Redis unreachable during %s %s: %r", request.method, request.url.path, exc)
-    return error(503, "Redis is unreachable; try again shortly")
+    return error(503, api.REDIS_DOWN)
 
 
 async def on_client_gone(request: Request, exc: Exception) -> Response:

@@ -42,6 +42,12 @@ logger = logging.getLogger("pushskip.hub")
 # Markers a subscriber's mailbox may hold besides events.
 RESYNC: Final = "resync"  # read the log from the last sent seq: live events may be missing
 PONG: Final = "pong"  # answer an application-level ping
+
+
+class Reply(str):
+    """The JSON text of a reply to one of the socket's own actions."""
+
+
 Item = RawEvent | str
 
 
@@ -63,6 +69,7 @@ class Subscriber:
 
     __slots__ = (
         "_items",
+        "_replies",
         "_waiter",
         "close_reason",
         "limit",
@@ -82,6 +89,9 @@ class Subscriber:
         # Pings are answered with one pong however many came in meanwhile: a
         # burst of pings costs no queue space and never forces a log read.
         self.pong_due = False
+        # Replies to the socket's own actions: never dropped (the socket's message
+        # rate bounds them), sent before queued events.
+        self._replies: list[str] = []
         self._items: list[Item] = []
         self._waiter: asyncio.Future[None] | None = None
 
@@ -106,6 +116,12 @@ class Subscriber:
             self._items = [RESYNC]
         self.wake()
 
+    def reply(self, text: str) -> None:
+        """Queue the reply to an action of this socket's client."""
+        if self.close_reason is None:
+            self._replies.append(text)
+            self.wake()
+
     def wake(self) -> None:
         """Wake the writer waiting in `next()`."""
         waiter = self._waiter
@@ -115,7 +131,7 @@ class Subscriber:
     async def next(self, timeout: float | None = None) -> Item | None:
         """The oldest queued item; None when woken with nothing queued (look at
         close_reason) or when `timeout` seconds pass first."""
-        if not self._items and not self.pong_due and self.close_reason is None:
+        if not (self._items or self._replies or self.pong_due or self.close_reason):
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 if timeout is None:
@@ -125,9 +141,13 @@ class Subscriber:
                         await asyncio.wait_for(waiter, timeout)
             finally:
                 self._waiter = None
-        if self.pong_due and self.close_reason is None:
+        if self.close_reason is not None:
+            return self._items.pop(0) if self._items else None
+        if self.pong_due:
             self.pong_due = False
             return PONG
+        if self._replies:
+            return Reply(self._replies.pop(0))
         return self._items.pop(0) if self._items else None
 
     def close(self, reason: CloseReason) -> None:

@@ -21,13 +21,15 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from pushskip import closing, events
+from pushskip import api, closing, events
 from pushskip.auth import InvalidToken
 from pushskip.closing import CloseReason
-from pushskip.hub import PONG, RESYNC, HubUnavailable, Subscriber, TooManySockets
+from pushskip.hub import PONG, RESYNC, HubUnavailable, Reply, Subscriber, TooManySockets
 from pushskip.metrics import Metrics
 from pushskip.services import Services, services
 from pushskip.store import UserStatus
@@ -36,6 +38,7 @@ logger = logging.getLogger("pushskip.ws")
 
 CLOSE_TIMEOUT_S = 2.0
 MAX_CLIENT_MESSAGE = 1024
+MAX_ACTION_ID = 64
 PONG_TEXT = '{"type":"pong"}'
 # While Redis is away, a socket that is behind retries its log read this often
 # (doubling), and at once when the pub/sub link is back (RESYNC).
@@ -178,7 +181,9 @@ class Connection:
                     retry_in = min(retry_in * 2, RETRY_MAX_S)
                 continue
             item = await sub.next()
-            if item == PONG:
+            if isinstance(item, Reply):
+                await self.send(item)
+            elif item == PONG:
                 await self.send(PONG_TEXT)
             elif item == RESYNC:
                 behind = True
@@ -211,8 +216,40 @@ class Connection:
                 data = json.loads(text)
             except ValueError:
                 continue
-            if isinstance(data, dict) and data.get("type") == "ping":
+            if not isinstance(data, dict):
+                continue
+            kind = data.get("type")
+            if kind == "ping":
                 self.sub.offer(PONG)
+            elif isinstance(kind, str) and kind in api.SOCKET_ACTIONS:
+                self.sub.reply(await self.act(kind, data))
+
+    async def act(self, kind: str, message: dict[str, Any]) -> str:
+        """Run an action sent over the socket; the reply's JSON (API.md, Actions over the
+        socket): the status and body the HTTP route would give, a 400 for a bad action."""
+        request_id = message.get("id")
+        body = {k: v for k, v in message.items() if k not in ("type", "id")}
+        try:
+            if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ACTION_ID:
+                request_id = None
+                raise api.ApiError(400, f"id must be a string of 1 to {MAX_ACTION_ID} characters")
+            if not api.valid_unicode(body):
+                raise api.ApiError(400, "The action holds a string that is not valid Unicode")
+            caller = api.Caller(
+                self.found, self.sub.user_id, api.client_address(self.websocket), {}
+            )
+            api.check_rate(caller)
+            status, payload = 200, {"success": True, **await api.perform(
+                caller, api.SOCKET_ACTIONS[kind], body
+            )}
+        except api.ApiError as exc:
+            status, payload = exc.status, {"success": False, "error": exc.message}
+        except (RedisConnectionError, RedisTimeoutError):
+            status, payload = 503, {"success": False, "error": api.REDIS_DOWN}
+        except Exception:
+            logger.exception("socket action %s of %s failed", kind, self.sub.user_id)
+            status, payload = 500, {"success": False, "error": "Internal server error"}
+        return json.dumps({"type": "reply", "id": request_id, "status": status, "body": payload})
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
