@@ -33,6 +33,7 @@ from pushskip.hub import PONG, RESYNC, HubUnavailable, Reply, Subscriber, TooMan
 from pushskip.metrics import Metrics
 from pushskip.services import Services, services
 from pushskip.store import UserStatus
+from pushskip.tasks import cancel_and_wait
 
 logger = logging.getLogger("pushskip.ws")
 
@@ -342,13 +343,8 @@ async def serve(
 
 async def stop_reader(reader: asyncio.Task[None]) -> None:
     """Cancel the reader and wait for it; our own cancellation still goes through."""
-    reader.cancel()
     try:
-        await reader
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
+        await cancel_and_wait([reader])
     except Exception as exc:  # the peer's socket failed under it: nothing left to read
         logger.debug("socket reader ended with %r", exc)
 
