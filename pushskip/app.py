@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -40,6 +41,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # without reinstalling) serves the repository's top-level static/.
 STATIC_DIRS = (PACKAGE_DIR / "static", PACKAGE_DIR.parent / "static")
 REDIS_POOL_SIZE = 64
+SHUTDOWN_STEP_S = 10.0
 
 
 def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -167,11 +169,15 @@ def create_app(
         try:
             yield
         finally:
-            await presence.stop()
-            await hub.stop()
+            # Each step is bounded: uvicorn waits for the lifespan without a limit,
+            # and a process that cannot stop is worse than one that skips a goodbye.
+            for step in (presence.stop, hub.stop, pubsub_redis.aclose, redis.aclose):
+                try:
+                    async with asyncio.timeout(SHUTDOWN_STEP_S):
+                        await step()
+                except TimeoutError:
+                    logger.error("shutdown step %s took over %ss; going on", step, SHUTDOWN_STEP_S)
             Services.uninstall(app)
-            await pubsub_redis.aclose()
-            await redis.aclose()
 
     static = static_dir if static_dir is not None else find_static_dir()
     routes = [

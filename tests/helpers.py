@@ -22,6 +22,7 @@ from pushskip.config import Settings
 from pushskip.server import PushskipServer, server_config
 
 TEST_SECRET = "test-secret-not-for-production"
+SHUTDOWN_LIMIT_S = 45.0
 
 
 def free_port() -> int:
@@ -60,7 +61,15 @@ async def run_server(settings: Settings) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_LIMIT_S)
+        except TimeoutError:
+            # Say where it hangs (for the CI log), then stop it hard.
+            for other in asyncio.all_tasks():
+                other.print_stack(file=sys.stderr)
+            server.force_exit = True
+            await task
+            raise AssertionError("the server did not shut down in time") from None
 
 
 @contextlib.contextmanager

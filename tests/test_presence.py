@@ -80,6 +80,7 @@ async def test_closed_socket_ends_the_match_after_the_grace_not_before(
         assert (event["type"], event["roomName"], event["reason"]) == (
             "partner-left", room, "disconnected",
         )
+        print(f"socket closed -> partner-left: {elapsed:.2f} s (grace {GRACE_S} s)")
         assert GRACE_S <= elapsed <= GRACE_S + 1.5, elapsed
         assert await redis.exists(keys.match(a.id), keys.match(b.id)) == 0
         assert await redis.get(keys.FORCE_DISCONNECT + b.id) == room
@@ -207,6 +208,7 @@ async def test_sigkill_of_the_socket_process_ends_the_match_from_another(
             assert (event["type"], event["reason"], event["roomName"]) == (
                 "partner-left", "disconnected", room,
             )
+            print(f"SIGKILL -> partner-left: {elapsed:.2f} s (grace {GRACE_S}, lease {LEASE_S})")
             assert elapsed <= GRACE_S + LEASE_S + 1.5, elapsed
             await assert_silent(ws_b)
             await ws_b.close()
