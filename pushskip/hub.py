@@ -90,7 +90,7 @@ class Subscriber:
         # burst of pings costs no queue space and never forces a log read.
         self.pong_due = False
         # Replies to the socket's own actions: never dropped (the socket's message
-        # rate bounds them), sent before queued events.
+        # rate bounds them), sent after the events queued before them.
         self._replies: list[str] = []
         self._items: list[Item] = []
         self._waiter: asyncio.Future[None] | None = None
@@ -146,9 +146,11 @@ class Subscriber:
         if self.pong_due:
             self.pong_due = False
             return PONG
-        if self._replies:
-            return Reply(self._replies.pop(0))
-        return self._items.pop(0) if self._items else None
+        # Events queued before a reply go first: a reply never overtakes an event
+        # that happened before its action.
+        if self._items:
+            return self._items.pop(0)
+        return Reply(self._replies.pop(0)) if self._replies else None
 
     def close(self, reason: CloseReason) -> None:
         """Ask the socket to close for `reason`; its writer stops after its current send."""

@@ -176,8 +176,12 @@ class Connection:
                 except RedisError as exc:
                     # Away, restarting, loading, read-only during a failover: wait.
                     logger.info("log of %s unreadable: %r; retrying", sub.user_id, exc)
-                    # A RESYNC (the link is back) or the timer, whichever first.
-                    if await sub.next(timeout=retry_in) == PONG:
+                    # A RESYNC (the link is back) or the timer, whichever first. Events
+                    # meanwhile are in the log; pongs and replies are not, so send them.
+                    item = await sub.next(timeout=retry_in)
+                    if isinstance(item, Reply):
+                        await self.send(item)
+                    elif item == PONG:
                         await self.send(PONG_TEXT)
                     retry_in = min(retry_in * 2, RETRY_MAX_S)
                 continue

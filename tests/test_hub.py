@@ -36,6 +36,19 @@ async def test_subscriber_hands_out_items_in_order() -> None:
     assert [await sub.next() for _ in range(3)] == [PONG, event(1), event(2)]
 
 
+async def test_a_reply_follows_the_events_queued_before_it_and_survives_a_full_mailbox() -> None:
+    """A reply comes after events queued before it, and a mailbox collapsing to RESYNC does
+    not drop it."""
+    sub = Subscriber("u", limit=2, slow_send_s=1.0)
+    sub.offer(event(1))
+    sub.reply('{"type":"reply","id":"a"}')
+    for seq in (2, 3):
+        sub.offer(event(seq))  # the second collapses the mailbox to RESYNC
+    assert await sub.next() == RESYNC
+    assert await sub.next() == '{"type":"reply","id":"a"}'
+    assert await sub.next(timeout=0.01) is None
+
+
 async def test_a_burst_of_pings_is_one_pong_and_no_resync() -> None:
     """10,000 pings take no queue space: one pong is due, events keep their places, and the
     mailbox never collapses to a log read (RESYNC)."""
