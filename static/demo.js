@@ -7,6 +7,9 @@
 // sessionStorage instead: a reload resumes it and the match goes on, and a
 // closed tab is noticed by the server's presence after its grace
 // ("partner left (disconnected)"). See "Leaving when the page closes" in pushskip.js.
+//
+// Start, Skip and Leave go over the pane's socket while it is open, over HTTP
+// while it is dropped; each pane's log says which (?actions=http: always HTTP).
 import { PushskipClient, clock } from './pushskip.js';
 
 const NAMES = ['A', 'B', 'C', 'D'];
@@ -96,6 +99,7 @@ class Pane {
     this.client = new PushskipClient({
       storage: resumable ? sessionStorage : null, // null: leaves by beacon when the tab closes
       storageKey: `pushskip-demo:${name}`,
+      actionsOverSocket: params.get('actions') !== 'http',
     });
     const view = this._loadView();
     this.log = view.log; // newest last
@@ -265,20 +269,21 @@ class Pane {
       } else if (what === 'skip') {
         const partner = partnerLabel(c.match?.partnerId);
         const result = await c.skip();
+        const how = `skip sent via ${result.via}, reply in ${fmtMs(result.rttMs)} ms`;
         this.note(
-          result.skipped
-            ? `you skipped ${partner}: skip request took ${fmtMs(result.rttMs)} ms`
-            : 'skip: no active match',
+          result.skipped ? `you skipped ${partner}: ${how}` : `skip: no active match (${how})`,
           'action',
+          { action: 'skip', via: result.via },
         );
       } else if (what === 'leave') {
         this.banner = null;
-        await c.leave();
-        this.note('left', 'action');
+        const result = await c.leave();
+        this.note(`left (leave sent via ${result.via})`, 'action', { action: 'leave', via: result.via });
       }
     } catch (err) {
       this.error = err.message;
-      this.note(`${what} failed: ${err.message}`, 'warn');
+      const sent = err.via ? ` (sent via ${err.via})` : '';
+      this.note(`${what} failed${sent}: ${err.message}`, 'warn', { action: what, via: err.via ?? '' });
     } finally {
       this.busy = false;
       this.render();
@@ -299,8 +304,9 @@ class Pane {
     }
   }
 
-  note(text, kind = 'info') {
-    this.log.push({ t: clock(), kind, text });
+  /** A line in the pane's log; `action`: { action, via } for the line an action's answer writes. */
+  note(text, kind = 'info', action = null) {
+    this.log.push({ t: clock(), kind, text, ...(action ? { action: action.action, actionVia: action.via } : {}) });
     this.save();
     this.render();
   }
@@ -386,7 +392,8 @@ class Pane {
     this.renderLog();
     ui.stats.textContent =
       `seq ${c.lastSeq} · epoch ${shortEpoch(c.epoch)} · ${c.stats.polls} polls · ` +
-      `${c.stats.duplicates} dupes dropped${c.stats.resets ? ` · log reset ×${c.stats.resets}` : ''}`;
+      `${c.stats.duplicates} dupes dropped${c.stats.resets ? ` · log reset ×${c.stats.resets}` : ''} · ` +
+      `actions: ${c.stats.actionsViaSocket} via socket, ${c.stats.actionsViaHttp} via http`;
   }
 
   scaleMs() {
@@ -452,6 +459,10 @@ class Pane {
           if (entry.epoch != null) li.dataset.epoch = entry.epoch;
         }
         if (entry.reset != null) li.dataset.reset = entry.reset;
+        if (entry.action != null) {
+          li.dataset.action = entry.action;
+          li.dataset.via = entry.actionVia ?? '';
+        }
         return li;
       });
     this.ui.log.replaceChildren(...items);

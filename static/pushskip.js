@@ -26,11 +26,27 @@
 // event of another epoch that comes without a reset is never delivered: the
 // reset comes first (the socket) or on the next poll.
 //
+// Actions (option actionsOverSocket, default true): enqueue(), skip() and
+// leave() go over the socket while it is open and has said hello, as
+// {"type": <action>, "id": <unique>, ...body}, and over HTTP otherwise. The
+// server answers {"type": "reply", "id", "status", "body"} with the status and
+// body the HTTP route would give, so both look the same to callers: the same
+// body (plus `via`: 'socket' | 'http', `sentAt`, `rttMs`), the same 429/503
+// retries with backoff. A reply is due within actionTimeoutMs (10 s); one that
+// does not come (the socket closed, or the time ran out) is lost. A lost
+// enqueue or leave (idempotent) is sent again over HTTP. A lost skip is never
+// sent again, as over HTTP after a network error (it may have landed and paired
+// us again at once: a second skip would end that match): it rejects with
+// status 0 and `outcomeUnknown: true`, and the client reads GET status to learn
+// where it stands (`err.reconciled` resolves once it has). A reply that comes
+// after its action was given up is ignored.
+//
 // State: 'idle' | 'waiting' | 'matched'. A snapshot (status call or hello)
 // describes the state after every event up to its lastSeq; events above it
 // change the state, events at or below it are only delivered. An action's
-// HTTP answer is applied only when nothing else changed the state while it was
-// in flight; otherwise the client asks GET status.
+// answer (HTTP or socket reply) is applied only when nothing else changed the
+// state while it was in flight; otherwise the client asks GET status. An
+// action's own events may come before its reply or after it.
 //
 // Why a match ended: a 'partner-left' event carries the server's reason,
 // 'left' (the partner left: the Leave button, or their page closed and sent
@@ -80,6 +96,8 @@ const DEFAULTS = {
   requestTimeoutMs: 10_000,
   startTimeoutMs: 3_000, // start() waits at most this long for the socket's hello
   maxRetries: 4, // for 429 / 503 / network errors on idempotent calls
+  actionsOverSocket: true, // enqueue/skip/leave over the open socket; false: always HTTP
+  actionTimeoutMs: 10_000, // a socket action's reply not in by then is lost
   // Leave by beacon when the page goes away: 'auto' (only without a storage:
   // a reload can resume a stored session), true (even with one), false (never).
   leaveOnPageHide: 'auto',
@@ -120,9 +138,11 @@ export class PushskipClient {
 
     // Measurements, all on `clock()` (ms): for demos, tests and dashboards.
     this.timings = {
-      lastSkip: null, // { roomName, sentAt, rttMs }
+      lastSkip: null, // { roomName, sentAt, rttMs, via: 'socket' | 'http', outcomeUnknown? }
+      lastAction: null, // { name, via, sentAt, rttMs }: the last action that got an answer
       lastNotified: null, // { type, roomName, reason, receivedAt, via, at }
       httpRttMs: null, // smoothed HTTP round trip
+      socketRttMs: null, // smoothed round trip of an action over the socket
       lastPollAt: null,
       pageHideLeave: null, // { at, via: 'beacon' | 'fetch', state }: the leave sent on pagehide
     };
@@ -134,6 +154,9 @@ export class PushskipClient {
       polls: 0,
       reconnects: 0,
       sessions: 0,
+      actionsViaSocket: 0, // actions answered by a socket reply
+      actionsViaHttp: 0, // actions answered over HTTP
+      repliesLost: 0, // socket actions whose reply never came (socket closed, timeout)
     };
 
     this._handlers = new Map();
@@ -153,6 +176,8 @@ export class PushskipClient {
     this._startPromise = null;
     this._stopped = false;
     this._pageLeaveSent = false; // the pagehide leave goes once per page
+    this._pending = new Map(); // socket action id -> { resolve, reject, sentAt, name, timer }
+    this._actionCount = 0;
     this._load();
   }
 
@@ -353,7 +378,7 @@ export class PushskipClient {
     return this._enqueuing;
   }
 
-  /** Skips the partner. Resolves to the server's answer plus { sentAt, rttMs }. */
+  /** Skips the partner. Resolves to the server's answer plus { via, sentAt, rttMs }. */
   async skip({ requeue = this.options.requeue } = {}) {
     if (!requeue) {
       this.wantMatch = false;
@@ -361,15 +386,25 @@ export class PushskipClient {
     }
     const roomName = roomOf(this.match);
     const sentAt = clock();
-    const record = { roomName, sentAt, rttMs: null };
+    const via = this._actionSocket() ? 'socket' : 'http';
+    const record = { roomName, sentAt, rttMs: null, via };
     this.timings.lastSkip = record;
-    this._emit('skip-sent', { roomName, sentAt });
-    // Not retried on a network error: a skip that did reach the server may
-    // have matched us again at once, and a second skip would end that match.
-    const body = await this._action('skip', { requeue }, false, (answer) =>
-      answer.skipped ? [answer.status, answer.match] : null,
-    );
+    this._emit('skip-sent', { roomName, sentAt, via });
+    // Not sent again after a network error or a lost socket reply: a skip that
+    // did reach the server may have matched us again at once, and a second
+    // skip would end that match.
+    let body;
+    try {
+      body = await this._action('skip', { requeue }, false, (answer) =>
+        answer.skipped ? [answer.status, answer.match] : null,
+      );
+    } catch (err) {
+      if (err.via) record.via = err.via;
+      if (err.outcomeUnknown) record.outcomeUnknown = true;
+      throw err;
+    }
     record.rttMs = clock() - sentAt;
+    record.via = body.via;
     return { ...body, sentAt, rttMs: record.rttMs };
   }
 
@@ -395,11 +430,24 @@ export class PushskipClient {
     return body;
   }
 
+  /** Runs an action (over the socket or HTTP), applies its answer; the body plus { via, sentAt, rttMs }. */
   async _action(name, payload, idempotent, toState) {
     const version = this._stateVersion;
-    const body = await this._request('POST', `/api/simple-matching/${name}`, payload, {
-      idempotent,
-    });
+    const sentAt = clock();
+    let answer;
+    try {
+      answer = await this._perform(name, payload, idempotent);
+    } catch (err) {
+      if (err.outcomeUnknown) {
+        // Whether it ran, nobody knows: the server's state says.
+        err.reconciled = this.refresh().then(
+          () => this._log(`after the ${name} of unknown outcome, status says: ${this.state}`),
+          (e) => this._log(`status after ${name}: ${e.message}`, 'warn'),
+        );
+      }
+      throw err;
+    }
+    const { body, via } = answer;
     const next = toState(body);
     const same = next && next[0] === this.state && roomOf(next[1]) === roomOf(this.match);
     if (next && (this._stateVersion === version || same)) {
@@ -407,7 +455,137 @@ export class PushskipClient {
     } else {
       await this.refresh().catch((err) => this._log(`status after ${name}: ${err.message}`, 'warn'));
     }
-    return body;
+    const rttMs = clock() - sentAt;
+    this.timings.lastAction = { name, via, sentAt, rttMs };
+    return { ...body, via, sentAt, rttMs };
+  }
+
+  /** The socket actions may use now: open, hello received, and allowed by the options. */
+  _actionSocket() {
+    if (!this.options.actionsOverSocket || !this._wsReady) return null;
+    const ws = this._ws;
+    // 1: WebSocket.OPEN (a socket that is closing would drop the message).
+    if (!ws || (ws.readyState !== undefined && ws.readyState !== 1)) return null;
+    return ws;
+  }
+
+  /**
+   * One action, answered: { body, via }. Over the socket while it is usable,
+   * else HTTP; errors, 401 renewal and 429/503 retries as `_request` has them.
+   * A lost reply: see "Actions" at the top.
+   */
+  async _perform(name, payload, idempotent) {
+    const path = `/api/simple-matching/${name}`;
+    const retries = this.options.maxRetries;
+    let attempt = 0;
+    let renewed = false;
+    let httpOnly = false; // after a lost reply, an idempotent action goes over HTTP
+    for (;;) {
+      if (this._renewing) await this._renewing;
+      const ws = httpOnly ? null : this._actionSocket();
+      if (!ws) {
+        try {
+          const body = await this._request('POST', path, payload, {
+            idempotent,
+            retries: Math.max(0, retries - attempt),
+          });
+          this.stats.actionsViaHttp++;
+          return { body, via: 'http' };
+        } catch (err) {
+          err.via = 'http';
+          // No answer to a skip: it may have run (never sent again, see skip()).
+          if (err.status === 0 && !idempotent) err.outcomeUnknown = true;
+          throw err;
+        }
+      }
+      const token = this.token;
+      let reply;
+      try {
+        reply = await this._sendAction(ws, name, payload);
+      } catch (err) {
+        if (err.notSent) {
+          httpOnly = true; // never left: safe over HTTP, even a skip
+          continue;
+        }
+        this.stats.repliesLost++;
+        if (!idempotent) {
+          const lost = new PushskipError(0, `${name}: ${err.message}; outcome unknown, not sent again`);
+          lost.via = 'socket';
+          lost.outcomeUnknown = true;
+          throw lost;
+        }
+        this._log(`${name} sent over the socket: ${err.message}; sending it again over HTTP`, 'warn');
+        httpOnly = true;
+        continue;
+      }
+      const { status, body: data } = reply;
+      if (status >= 200 && status < 300 && data && data.success !== false) {
+        this.stats.actionsViaSocket++;
+        return { body: data, via: 'socket' };
+      }
+      const message = data?.error || `${status} (socket reply)`;
+      if (status === 401 && !renewed) {
+        renewed = true;
+        await this._renewSession(token, message);
+        continue;
+      }
+      const retryable = status === 429 || status === 503 || (status >= 500 && idempotent);
+      if (retryable && attempt < retries) {
+        const wait = this._backoff(attempt);
+        attempt++;
+        this._log(`${path}: ${status} over the socket, retrying in ${Math.round(wait)} ms`, 'warn');
+        await sleep(wait);
+        continue;
+      }
+      const err = new PushskipError(status, message, data ?? null);
+      err.via = 'socket';
+      throw err;
+    }
+  }
+
+  /** Sends one action on `ws`; resolves to its reply { status, body }, rejects when it is lost. */
+  _sendAction(ws, name, payload) {
+    return new Promise((resolve, reject) => {
+      const id = `${name}-${++this._actionCount}-${Math.random().toString(36).slice(2, 10)}`;
+      const sentAt = clock();
+      const timeoutMs = this.options.actionTimeoutMs;
+      const timer = setTimeout(() => this._loseReply(id, `no reply in ${timeoutMs} ms`), timeoutMs);
+      this._pending.set(id, { resolve, reject, sentAt, name, timer });
+      try {
+        ws.send(JSON.stringify({ ...payload, type: name, id }));
+      } catch (err) {
+        this._pending.delete(id);
+        clearTimeout(timer);
+        reject(Object.assign(new Error(`not sent: ${err.message}`), { notSent: true }));
+      }
+    });
+  }
+
+  _onReply(message, receivedAt) {
+    const pending = typeof message.id === 'string' ? this._pending.get(message.id) : undefined;
+    if (!pending) {
+      // Given up on already (timed out), or not ours: never applied.
+      this._log(`reply ${message.id} (status ${message.status}) to no pending action: ignored`, 'warn');
+      return;
+    }
+    this._pending.delete(message.id);
+    clearTimeout(pending.timer);
+    const rtt = receivedAt - pending.sentAt;
+    this.timings.socketRttMs = this.timings.socketRttMs == null ? rtt : this.timings.socketRttMs * 0.8 + rtt * 0.2;
+    pending.resolve({ status: message.status, body: message.body });
+  }
+
+  _loseReply(id, why) {
+    const pending = this._pending.get(id);
+    if (!pending) return;
+    this._pending.delete(id);
+    clearTimeout(pending.timer);
+    pending.reject(new Error(why));
+  }
+
+  /** The socket is gone: no reply will come for what it carried. */
+  _loseAllReplies(why) {
+    for (const id of [...this._pending.keys()]) this._loseReply(id, why);
   }
 
   _keepAlive() {
@@ -769,6 +947,8 @@ export class PushskipClient {
       }
     } else if (message.type === 'pong') {
       // liveness only
+    } else if (message.type === 'reply') {
+      this._onReply(message, receivedAt);
     } else if (Number.isInteger(message.seq)) {
       this._ingest([message], 'websocket', receivedAt);
     }
@@ -777,6 +957,7 @@ export class PushskipClient {
   _onSocketGone(code, reason) {
     this._ws = null;
     this._wsReady = false;
+    if (this._pending.size) this._loseAllReplies(`the socket closed before the reply${reason ? ` (${reason})` : ''}`);
     clearInterval(this._timers.heartbeat);
     if (this._stopped || !this.started) return;
     this._log(`socket closed${code ? ` (${code}${reason ? `: ${reason}` : ''})` : reason ? ` (${reason})` : ''}`);

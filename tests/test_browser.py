@@ -9,6 +9,7 @@ under CI (the CI variable set), where they fail.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -673,9 +674,13 @@ async def test_server_closed_socket_reconnects_with_after(browser: Browser, base
 async def test_client_handles_401_429_503_and_keeps_waiting_alive(
     browser: Browser, base: str
 ) -> None:
-    """A stale token gets a new session; 429 and 503 are retried; waiting re-enqueues."""
+    """A stale token gets a new session; 429 and 503 are retried; waiting re-enqueues.
+
+    Actions over HTTP (?actions=http); test_socket_action_429_503_replies_are_retried
+    is the same over the socket."""
     # resume=1: the one pane keeps its session in sessionStorage (as both panes of "/" do).
-    async with demo_page(browser, base + "/?panes=1&resume=1", http_errors_expected=True) as page:
+    url = base + "/?panes=1&resume=1&actions=http"
+    async with demo_page(browser, url, http_errors_expected=True) as page:
         await page.evaluate(
             """sessionStorage.setItem('pushskip-demo:A', JSON.stringify(
                 {userId: 'u_gone', token: 'not-a-valid-token', lastSeq: 7, wantMatch: false}))"""
@@ -717,7 +722,7 @@ async def test_client_handles_401_429_503_and_keeps_waiting_alive(
         count = await page.evaluate(
             """async () => {
                 const { PushskipClient } = await import('/pushskip.js');
-                const c = new PushskipClient({ keepAliveMs: 150 });
+                const c = new PushskipClient({ keepAliveMs: 150, actionsOverSocket: false });
                 let calls = 0;
                 const realFetch = window.fetch;
                 window.fetch = (url, init) => {
@@ -1027,3 +1032,384 @@ async def test_redis_restart_without_data_resets_open_panes(
             await pw_expect(reset_lines(page, "B")).to_have_count(1)
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "demo-log-reset.png"), full_page=True)
+
+
+# ---- actions over the socket ------------------------------------------------------
+
+SIMPLE_MATCHING = "/api/simple-matching/"
+
+
+def watch_action_posts(page: Page) -> list[str]:
+    """The paths of the page's HTTP POSTs to /api/simple-matching/..., as they are made."""
+    posts: list[str] = []
+
+    def on_request(request: Any) -> None:
+        path = request.url.split("?")[0]
+        if request.method == "POST" and SIMPLE_MATCHING in path:
+            posts.append(path[path.index(SIMPLE_MATCHING) :])
+
+    page.on("request", on_request)
+    return posts
+
+
+def watch_socket_actions(page: Page) -> list[dict[str, Any]]:
+    """Every action message the page sends on any of its WebSockets."""
+    sent: list[dict[str, Any]] = []
+
+    def on_frame(payload: str | bytes) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("type") in ("enqueue", "skip", "leave"):
+            sent.append(message)
+
+    page.on("websocket", lambda ws: ws.on("framesent", on_frame))
+    return sent
+
+
+def action_lines(page: Page, name: str, action: str) -> Any:
+    """The lines of a pane's log that an action's answer wrote (data-via: socket | http)."""
+    return pane(page, name).locator(f'[data-testid=log] li[data-action="{action}"]')
+
+
+async def test_demo_skip_goes_over_the_socket_while_it_is_open(
+    browser: Browser, base: str
+) -> None:
+    """With its socket open, a pane's actions (start, skip, the re-enqueue) go on the
+    socket: no HTTP POST is made, the log says "via socket", and the partner learns it."""
+    async with demo_page(browser, base + "/") as page:
+        posts = watch_action_posts(page)
+        frames = watch_socket_actions(page)
+        _id_a, _id_b, room = await start_and_match(page)
+        await expect_transport(page, "A", "websocket")
+        await pane(page, "A").locator("[data-action=skip]").click()
+
+        await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text("Partner skipped")
+        _ms, via = await latest_skip(page, "B")
+        assert via == "websocket"
+        line = action_lines(page, "A", "skip")
+        await pw_expect(line).to_have_count(1)
+        await pw_expect(line).to_have_attribute("data-via", "socket")
+        await pw_expect(line).to_contain_text(
+            re.compile(r"skip sent via socket, reply in [\d.]+ ms")
+        )
+        last_skip = (await client_prop(page, "A", "timings"))["lastSkip"]
+        assert last_skip["via"] == "socket" and last_skip["roomName"] == room, last_skip
+        assert last_skip["rttMs"] >= 0
+        # Both re-enqueued after the skip (A by its skip, B by itself), on their sockets.
+        await page.wait_for_function(
+            "window.pushskipDemo.panes.every(p => p.client.state === 'waiting')"
+        )
+        stats = await client_prop(page, "B", "stats")
+        assert stats["actionsViaSocket"] >= 2 and stats["actionsViaHttp"] == 0, stats
+        stats = await client_prop(page, "A", "stats")
+        assert stats["actionsViaSocket"] >= 2 and stats["actionsViaHttp"] == 0, stats
+        assert stats["repliesLost"] == 0, stats
+        await pw_expect(pane(page, "A").get_by_test_id("stats")).to_contain_text("0 via http")
+        skips = [m for m in frames if m["type"] == "skip"]
+        assert len(skips) == 1 and skips[0]["requeue"] is True and skips[0]["id"], frames
+        assert len({m["id"] for m in frames}) == len(frames), frames  # every id its own
+        assert posts == [], posts  # no HTTP POST to /api/simple-matching/... at all
+
+
+async def test_demo_skip_goes_over_http_while_the_socket_is_dropped(
+    browser: Browser, base: str
+) -> None:
+    """With its socket dropped, a pane's skip is POST /skip (the log says "via http");
+    once the socket is back, its next action goes on the socket again."""
+    async with demo_page(browser, base + "/") as page:
+        await start_and_match(page)
+        await pane(page, "A").locator("[data-action=drop-socket]").check()
+        await expect_transport(page, "A", "polling")
+        posts = watch_action_posts(page)
+        frames = watch_socket_actions(page)
+        await pane(page, "A").locator("[data-action=skip]").click()
+
+        await pw_expect(pane(page, "B").get_by_test_id("state")).to_contain_text("Partner skipped")
+        _ms, via = await latest_skip(page, "B")
+        assert via == "websocket"  # B's socket is open: the news is pushed all the same
+        line = action_lines(page, "A", "skip")
+        await pw_expect(line).to_have_attribute("data-via", "http")
+        await pw_expect(line).to_contain_text(re.compile(r"skip sent via http, reply in [\d.]+ ms"))
+        assert (await client_prop(page, "A", "timings"))["lastSkip"]["via"] == "http"
+        assert posts.count(SIMPLE_MATCHING + "skip") == 1, posts
+        assert not [m for m in frames if m["type"] == "skip"], frames
+
+        # The socket comes back: the leave goes on it.
+        await pane(page, "A").locator("[data-action=drop-socket]").uncheck()
+        await expect_transport(page, "A", "websocket")
+        await pw_expect(pane(page, "A").locator("[data-action=leave]")).to_be_enabled()
+        await pane(page, "A").locator("[data-action=leave]").click()
+        leave = action_lines(page, "A", "leave")
+        await pw_expect(leave).to_have_attribute("data-via", "socket")
+        await pw_expect(leave).to_contain_text("leave sent via socket")
+        assert SIMPLE_MATCHING + "leave" not in posts, posts
+        assert [m["type"] for m in frames] == ["leave"], frames
+
+
+async def test_socket_action_429_503_replies_are_retried(browser: Browser, base: str) -> None:
+    """A 429 or 503 reply to an action sent on the socket is retried with backoff, as over
+    HTTP, each time with a new id and never over HTTP; keep-alive enqueues use the socket."""
+    answers = [429, 503]
+    enqueues: list[str] = []
+
+    def proxy(route: WebSocketRoute) -> None:
+        server = route.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            data = json.loads(message) if isinstance(message, str) else None
+            if isinstance(data, dict) and data.get("type") == "enqueue":
+                enqueues.append(data["id"])
+                if answers:
+                    reply = {
+                        "type": "reply",
+                        "id": data["id"],
+                        "status": answers.pop(0),
+                        "body": {"success": False, "error": "try again"},
+                    }
+                    route.send(json.dumps(reply))
+                    return
+            server.send(message)
+
+        route.on_message(from_page)
+
+    async with demo_page(
+        browser, base + "/?panes=1", setup=lambda page: page.route_web_socket("**/ws?*", proxy)
+    ) as page:
+        posts = watch_action_posts(page)
+        await pane(page, "A").locator("[data-action=start]").click()
+        await page.wait_for_function(
+            "window.pushskipDemo.panes[0].client.state === 'waiting'", timeout=5000
+        )
+        assert len(enqueues) == 3 and len(set(enqueues)) == 3, enqueues  # 429, 503, the real one
+        await pw_expect(pane(page, "A").get_by_test_id("log")).to_contain_text(
+            "429 over the socket, retrying in"
+        )
+        stats = await client_prop(page, "A", "stats")
+        assert stats["actionsViaSocket"] == 1 and stats["actionsViaHttp"] == 0, stats
+
+        # Keep-alive: a waiting client re-enqueues (every 150 ms here), on its socket.
+        await pane(page, "A").locator("[data-action=leave]").click()
+        await page.wait_for_function("window.pushskipDemo.panes[0].client.state === 'idle'")
+        enqueues.clear()
+        result = await page.evaluate(
+            """async () => {
+                const { PushskipClient } = await import('/pushskip.js');
+                const c = new PushskipClient({ keepAliveMs: 150 });
+                try {
+                    await c.start();
+                    const first = await c.enqueue();
+                    await new Promise(r => setTimeout(r, 700));
+                    return { via: first.via, state: c.state, stats: c.stats };
+                } finally {
+                    c.stop();
+                }
+            }"""
+        )
+        assert result["via"] == "socket" and result["state"] == "waiting", result
+        assert result["stats"]["actionsViaSocket"] >= 3, result
+        assert result["stats"]["actionsViaHttp"] == 0, result
+        assert len(enqueues) >= 3, enqueues
+        assert posts == [], posts
+
+
+# Drives PushskipClients over fake sockets and a fake fetch (test_client_socket_actions_unit).
+SOCKET_ACTIONS_JS = """async () => {
+    const { PushskipClient } = await import('/pushskip.js');
+    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+    const sockets = [];
+    class FakeSocket {
+        constructor(url) {
+            this.url = url;
+            this.readyState = 1;
+            this.sent = [];
+            sockets.push(this);
+        }
+        send(text) { this.sent.push(JSON.parse(text)); }
+        close() { this.readyState = 3; }
+    }
+    const fetched = [];
+    const answers = {
+        status: { success: true, state: 'waiting', match: null, lastSeq: 1, epoch: 'E' },
+        events: { success: true, events: [], lastSeq: 1, epoch: 'E' },
+        enqueue: { success: true, status: 'waiting' },
+        skip: { success: true, skipped: true, roomName: 'r1', status: 'waiting', match: null },
+    };
+    const fakeFetch = async (method, path, body) => {
+        const route = path.split('?')[0].split('/').pop();
+        fetched.push([method, route]);
+        const answer = answers[route];
+        return { ok: true, status: 200, statusText: 'OK', headers: new Headers(),
+                 json: async () => answer };
+    };
+    const m1 = { roomName: 'r1', user1: 'u', user2: 'v', partnerId: 'v', matchedAt: 1 };
+    const clients = [];
+    // A started client whose socket said hello and was matched in room r1.
+    const make = (options = {}) => {
+        const c = new PushskipClient({ reconnectBaseMs: 20, ...options });
+        clients.push(c);
+        c.token = 'tok';
+        c.userId = 'u';
+        c._fetch = fakeFetch;
+        c.started = true;
+        c._connect();
+        const ws = sockets[sockets.length - 1];
+        const deliver = (m) => ws.onmessage({ data: JSON.stringify(m) });
+        deliver({ type: 'hello', userId: 'u', state: 'idle', match: null, lastSeq: 0,
+                  epoch: 'E', pollIntervalMs: 500 });
+        deliver({ type: 'matched', seq: 1, epoch: 'E', at: 1, match: m1 });
+        return { c, ws, deliver };
+    };
+    const settle = (p) => p.then(
+        (r) => ({ ok: r }),
+        (e) => ({ err: { status: e.status, via: e.via ?? null, unknown: e.outcomeUnknown === true,
+                         message: e.message }, reconciled: e.reconciled }),
+    );
+    const sentOf = (type) => sockets.flatMap((s) => s.sent).filter((m) => m.type === type);
+    const posted = (route) => fetched.filter(([m, r]) => m === 'POST' && r === route).length;
+    const RealWebSocket = window.WebSocket;
+    window.WebSocket = FakeSocket;
+    const out = {};
+    try {
+        // 1. A reply resolves the skip, via the socket; a second reply to it is ignored.
+        let { c, ws, deliver } = make();
+        let p = c.skip();
+        const [msg] = ws.sent;
+        deliver({ type: 'reply', id: msg.id, status: 200, body: answers.skip });
+        let r = await p;
+        deliver({ type: 'reply', id: msg.id, status: 200, body: answers.skip });
+        out.replied = { msg, via: r.via, skipped: r.skipped, rtt: typeof r.rttMs, state: c.state,
+                        lastSkipVia: c.timings.lastSkip.via, stats: { ...c.stats },
+                        pending: c._pending.size };
+        c.stop();
+
+        // 2. The socket closes before the skip's reply: not sent again, outcome unknown,
+        //    the state is read from GET status.
+        fetched.length = 0;
+        sockets.length = 0;
+        ({ c, ws } = make());
+        p = c.skip();
+        ws.readyState = 3;
+        ws.onclose({ code: 1006, reason: '' });
+        let s = await settle(p);
+        await s.reconciled;
+        await sleep(100); // a reconnect or a poll that might (wrongly) resend it
+        out.closed = { err: s.err, skipsSent: sentOf('skip').length, skipPosts: posted('skip'),
+                       statusAsked: fetched.some(([m, r]) => m === 'GET' && r === 'status'),
+                       state: c.state, lastSkip: { ...c.timings.lastSkip },
+                       lost: c.stats.repliesLost, pending: c._pending.size };
+        c.stop();
+
+        // 3. No reply in time (socket still open): the same; a late reply changes nothing.
+        fetched.length = 0;
+        sockets.length = 0;
+        ({ c, ws, deliver } = make({ actionTimeoutMs: 150 }));
+        p = c.skip();
+        s = await settle(p);
+        await s.reconciled;
+        const late = ws.sent[0];
+        deliver({ type: 'reply', id: late.id, status: 200,
+                  body: { ...answers.skip, status: 'matched', match: { ...m1, roomName: 'r9' } } });
+        out.timedOut = { err: s.err, skipsSent: sentOf('skip').length, skipPosts: posted('skip'),
+                         state: c.state, lost: c.stats.repliesLost, socketKept: c._ws === ws };
+        c.stop();
+
+        // 4. An enqueue (idempotent) whose reply is lost is sent again, over HTTP.
+        fetched.length = 0;
+        sockets.length = 0;
+        ({ c, ws } = make());
+        p = c.enqueue();
+        ws.readyState = 3;
+        ws.onclose({ code: 1006, reason: '' });
+        r = await p;
+        out.enqueueLost = { via: r.via, status: r.status, socketSends: sentOf('enqueue').length,
+                            posts: posted('enqueue'), stats: { ...c.stats } };
+        c.stop();
+
+        // 5. 429 then 200 over the socket: retried on the socket with a new id.
+        fetched.length = 0;
+        sockets.length = 0;
+        ({ c, ws, deliver } = make());
+        p = c.leave();
+        deliver({ type: 'reply', id: ws.sent[0].id, status: 429,
+                  body: { success: false, error: 'Too many requests; slow down' } });
+        while (ws.sent.length < 2) await sleep(10);
+        deliver({ type: 'reply', id: ws.sent[1].id, status: 200,
+                  body: { success: true, left: true, roomName: 'r1' } });
+        r = await p;
+        out.retried = { via: r.via, ids: ws.sent.map((m) => m.id), posts: posted('leave'),
+                        state: c.state };
+        c.stop();
+
+        // 6. A 400 reply rejects at once, like an HTTP 400.
+        sockets.length = 0;
+        ({ c, ws, deliver } = make());
+        p = c.skip();
+        deliver({ type: 'reply', id: ws.sent[0].id, status: 400,
+                  body: { success: false, error: 'requeue must be a boolean' } });
+        s = await settle(p);
+        out.bad = { err: s.err, sends: ws.sent.length };
+        c.stop();
+
+        // 7. actionsOverSocket: false: HTTP even with the socket open.
+        fetched.length = 0;
+        sockets.length = 0;
+        ({ c, ws } = make({ actionsOverSocket: false }));
+        r = await c.skip();
+        out.forced = { via: r.via, socketSends: ws.sent.length, posts: posted('skip'),
+                       stats: { ...c.stats } };
+        c.stop();
+    } finally {
+        clients.forEach((c) => c.stop());
+        window.WebSocket = RealWebSocket;
+    }
+    return out;
+}"""
+
+
+async def test_client_socket_actions_unit(browser: Browser, base: str) -> None:
+    """pushskip.js alone, over fake sockets: a reply resolves its action; a skip whose
+    reply is lost (socket closed, or no reply in time) is never sent again, rejects as
+    outcome unknown and is reconciled from GET status; a lost enqueue goes again over
+    HTTP; 429 replies are retried on the socket; actionsOverSocket false forces HTTP."""
+    async with demo_page(browser, base + "/?panes=1") as page:
+        out = await page.evaluate(SOCKET_ACTIONS_JS)
+
+    replied = out["replied"]
+    assert replied["msg"]["type"] == "skip" and replied["msg"]["requeue"] is True
+    assert 0 < len(replied["msg"]["id"]) <= 64
+    assert (replied["via"], replied["skipped"], replied["rtt"]) == ("socket", True, "number")
+    assert replied["state"] == "waiting" and replied["lastSkipVia"] == "socket"
+    assert replied["stats"]["actionsViaSocket"] == 1 and replied["stats"]["actionsViaHttp"] == 0
+    assert replied["pending"] == 0
+
+    for case in ("closed", "timedOut"):
+        got = out[case]
+        err = got["err"]
+        assert err["status"] == 0 and err["via"] == "socket" and err["unknown"] is True, got
+        assert "outcome unknown" in err["message"], got
+        assert got["skipsSent"] == 1 and got["skipPosts"] == 0, got  # never sent again
+        assert got["state"] == "waiting" and got["lost"] == 1, got  # from GET status
+    assert out["closed"]["statusAsked"] and out["closed"]["pending"] == 0
+    assert out["closed"]["lastSkip"]["outcomeUnknown"] is True
+    assert "socket closed" in out["closed"]["err"]["message"]
+    assert "no reply in 150 ms" in out["timedOut"]["err"]["message"]
+    assert out["timedOut"]["socketKept"] is True
+
+    lost = out["enqueueLost"]
+    assert (lost["via"], lost["status"], lost["socketSends"], lost["posts"]) == (
+        "http", "waiting", 1, 1,
+    ), lost
+    assert lost["stats"]["repliesLost"] == 1 and lost["stats"]["actionsViaHttp"] == 1
+
+    retried = out["retried"]
+    assert retried["via"] == "socket" and retried["posts"] == 0 and retried["state"] == "idle"
+    assert len(retried["ids"]) == 2 and len(set(retried["ids"])) == 2, retried
+
+    assert out["bad"]["err"]["status"] == 400 and out["bad"]["sends"] == 1, out["bad"]
+    assert out["bad"]["err"]["via"] == "socket" and not out["bad"]["err"]["unknown"]
+
+    forced = out["forced"]
+    assert (forced["via"], forced["socketSends"], forced["posts"]) == ("http", 0, 1), forced
+    assert forced["stats"]["actionsViaHttp"] == 1 and forced["stats"]["actionsViaSocket"] == 0
