@@ -42,6 +42,9 @@ class BenchConfig:
     sat_step_s: float = 6.0
     sat_p99_ms: float = 50.0
     sat_target: float = 1500.0
+    # The saturation ladder again against one `pushskip serve --workers N` (0: not run).
+    sat_workers: int = 2
+    sat_workers_rates: tuple[float, ...] | None = None  # None: the same ladder
     profile_s: float = 8.0
     capacity_counts: tuple[int, ...] = (1000, 5000, 10000)
     capacity_window_s: float = 10.0
@@ -59,6 +62,7 @@ class BenchConfig:
             floor_duration_s=2.0,
             sat_pairs=50,
             sat_rates=(100, 200),
+            sat_workers_rates=(100,),
             sat_warmup_s=0.5,
             sat_step_s=2.0,
             profile_s=2.0,
@@ -213,13 +217,14 @@ class Bench:
         return self.app
 
     async def start_app(
-        self, name: str, *, wrapper: list[str] | None = None
+        self, name: str, *, wrapper: list[str] | None = None, serve_args: list[str] | None = None
     ) -> ServerProcess | External:
         if self.args.url:
             return External(self.args.url, self.args.app_pid)
         # A wrapper (the profiler) runs pushskip.cli.main with the same arguments.
         argv = list(wrapper) if wrapper else [sys.executable, "-m", "pushskip"]
         argv += ["--log-level", self.args.app_log_level, "serve", "--port", "{port}"]
+        argv += serve_args or []
         app = ServerProcess(name, argv, self.app_env(), self.workdir)
         self.apps.append(app)
         try:

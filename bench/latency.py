@@ -219,8 +219,11 @@ class Scenario:
         transport: str,
         app_pid: int | None,
         seed: int = 1,
+        app_children: bool = False,
     ) -> None:
         self.bench = bench
+        # app_pid is a supervisor (`serve --workers N`): its children's CPU is the app's.
+        self.app_children = app_children
         self.name = name
         self.base = base
         self.ws_url = ws_url
@@ -406,9 +409,19 @@ class Scenario:
         self.dropped = 0
         self.skip_failures.clear()
         await self.bench.listener.call("flush")  # forget what arrived before this phase
-        meter = CpuMeter(self.bench.pids(app=self.app_pid)).start()
+        meter = CpuMeter(
+            self.bench.pids(app=self.app_pid),
+            children=frozenset({"app"}) if self.app_children else frozenset(),
+        ).start()
         run = await paced(rate, warmup_s, duration_s, self.fire, rng=self.rng, on_tick=on_tick)
         cpu = meter.stop()
+        # Every skip the app answered in the meter's window (warm-up included), and the
+        # app's CPU over that window: what one skip + re-pair cycle costs the app.
+        answered = sum(1 for r in self.sent.values() if r.ok)
+        app_s = meter.seconds.get("app")
+        cpu_ms_per_skip = (
+            round(1000 * app_s / answered, 3) if app_s is not None and answered else None
+        )
         grace = 0.5 if self.transport == "ws" else self.bench.cfg.poll_interval_s + 0.5
         await asyncio.sleep(grace)
         got = await self.bench.listener.call("flush")
@@ -428,6 +441,8 @@ class Scenario:
                 "skip_failures": dict(self.skip_failures.most_common(5)),
                 "http_connections_peak": self.pool.peak_open,
                 "cpu_pct": cpu,
+                "app_cpu_ms_per_skip": cpu_ms_per_skip,
+                "skips_answered": answered,
                 "listener": got,
             }
         )

@@ -56,6 +56,30 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (from every thread's `children` list)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        return []
+    return out
+
+
+def children_cpu_seconds(pid: int | None) -> dict[int, float]:
+    """User + system CPU time so far of each child of `pid` (a supervisor's workers)."""
+    if pid is None:
+        return {}
+    out: dict[int, float] = {}
+    for child in children(pid):
+        cpu = cpu_seconds(child)
+        if cpu is not None:
+            out[child] = cpu
+    return out
+
+
 def rss_kib(pid: int | None) -> int | None:
     if pid is None:
         return None
@@ -82,31 +106,51 @@ class CpuMeter:
     """CPU used by named processes between start() and stop(), in % of one core.
 
     `others` is what every other process on the machine used meanwhile: the
-    benchmark's numbers are only as clean as that is small.
+    benchmark's numbers are only as clean as that is small. A name in
+    `children` counts the CPU of that process's children instead of its own
+    (`pushskip serve --workers N`: the workers do the work, not the parent).
+    `seconds` holds each name's CPU seconds over the window after stop().
     """
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
+    def __init__(self, pids: dict[str, int | None], children: frozenset[str] = frozenset()) -> None:
         self.pids = {k: v for k, v in pids.items() if v is not None}
+        self.children = children
         self._start: dict[str, float | None] = {}
+        self._start_children: dict[str, dict[int, float]] = {}
         self._busy0: float | None = None
         self._t0 = 0.0
+        self.seconds: dict[str, float] = {}
 
     def start(self) -> CpuMeter:
         self._t0 = time.monotonic()
-        self._start = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self._start = {k: cpu_seconds(p) for k, p in self.pids.items() if k not in self.children}
+        self._start_children = {
+            k: children_cpu_seconds(p) for k, p in self.pids.items() if k in self.children
+        }
         self._busy0 = machine_busy_seconds()
         return self
+
+    def _used(self, name: str, pid: int) -> float | None:
+        if name in self.children:
+            before = self._start_children.get(name, {})
+            now = children_cpu_seconds(pid)
+            # A child that started meanwhile counts from 0; one that died is lost.
+            return sum(cpu - before.get(child, 0.0) for child, cpu in now.items())
+        start, after = self._start.get(name), cpu_seconds(pid)
+        return None if start is None or after is None else after - start
 
     def stop(self) -> dict[str, float]:
         wall = max(time.monotonic() - self._t0, 1e-9)
         busy1 = machine_busy_seconds()
         out: dict[str, float] = {}
         ours = 0.0
+        self.seconds = {}
         for name, pid in self.pids.items():
-            before, after = self._start.get(name), cpu_seconds(pid)
-            if before is not None and after is not None:
-                out[name] = round(100 * (after - before) / wall, 1)
-                ours += after - before
+            used = self._used(name, pid)
+            if used is not None:
+                self.seconds[name] = used
+                out[name] = round(100 * used / wall, 1)
+                ours += used
         if self._busy0 is not None and busy1 is not None:
             out["machine"] = round(100 * (busy1 - self._busy0) / wall, 1)
             out["others"] = round(max(0.0, 100 * (busy1 - self._busy0 - ours) / wall), 1)

@@ -36,6 +36,8 @@ KEEP = (
     "unfinished",
     "skip_failures",
     "cpu_pct",
+    "app_cpu_ms_per_skip",
+    "skips_answered",
     "http_connections_peak",
 )
 
@@ -57,26 +59,39 @@ def verdict(step: dict[str, Any], p99_bound_ms: float) -> tuple[bool, str]:
     return True, "sustained"
 
 
-async def run(bench: Bench, on_step: Any = None) -> dict[str, Any]:
+async def run(
+    bench: Bench,
+    on_step: Any = None,
+    *,
+    workers: int = 1,
+    rates: tuple[float, ...] | None = None,
+) -> dict[str, Any]:
+    """The ladder against a fresh app: one process, or `serve --workers N` (workers > 1)."""
     cfg = bench.cfg
     # A fresh app process: what earlier phases left in it (an overloaded polling run's
     # garbage, a grown heap) must not decide this one; its GC pauses would.
-    app = await bench.start_app("saturation-app")
+    if workers > 1:
+        app = await bench.start_app(
+            f"saturation-app-{workers}-workers", serve_args=["--workers", str(workers)]
+        )
+    else:
+        app = await bench.start_app("saturation-app")
     sc = Scenario(
         bench,
-        name="saturation",
+        name="saturation" if workers == 1 else f"saturation-{workers}-workers",
         base=app.base,
         ws_url=app.ws_url,
         pairs=cfg.sat_pairs,
         transport="ws",
         app_pid=app.pid,
         seed=5,
+        app_children=workers > 1,
     )
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     await sc.setup()
     try:
-        for rate in cfg.sat_rates:
+        for rate in rates or cfg.sat_rates:
             step = await sc.run(rate, cfg.sat_warmup_s, cfg.sat_step_s)
             ok, why = verdict(step, cfg.sat_p99_ms)
             row = {k: step[k] for k in KEEP if k in step}
@@ -93,6 +108,7 @@ async def run(bench: Bench, on_step: Any = None) -> dict[str, Any]:
         await sc.teardown()
         app.stop()
     return {
+        "workers": workers,
         "pairs": cfg.sat_pairs,
         "transport": "ws",
         "p99_bound_ms": cfg.sat_p99_ms,
@@ -153,22 +169,41 @@ async def profile(bench: Bench, rate: float) -> dict[str, Any]:
 
 
 async def phase_saturation(bench: Bench, results: dict[str, Any]) -> None:
-    """The `saturation` phase: results["saturation"]."""
+    """The `saturation` phase: results["saturation"], and under it `multi`, the same ladder
+    against one `pushskip serve --workers N`."""
     cfg = bench.cfg
+
+    def ladder_logger(task: Any, label: str) -> Any:
+        def on_step(row: dict[str, Any]) -> None:
+            bench.ui.update(task, advance=1)
+            lat = row["latency_ms"]
+            bench.ui.log(
+                f"  {label}{row['rate_target']:g}/s: achieved {row['rate_achieved']}/s, "
+                f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
+                f"app CPU {row.get('app_cpu_ms_per_skip')} ms/skip -> {row['verdict']}"
+            )
+
+        return on_step
+
     task = bench.ui.task(
         f"saturation: stepping skips/s ({cfg.sat_pairs} pairs)", total=len(cfg.sat_rates)
     )
-
-    def on_step(row: dict[str, Any]) -> None:
-        bench.ui.update(task, advance=1)
-        lat = row["latency_ms"]
-        bench.ui.log(
-            f"  {row['rate_target']:g}/s: achieved {row['rate_achieved']}/s, "
-            f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms -> {row['verdict']}"
-        )
-
-    results["saturation"] = await run(bench, on_step=on_step)
+    results["saturation"] = await run(bench, on_step=ladder_logger(task, ""))
     bench.ui.update(task, completed=len(cfg.sat_rates))
+    if cfg.sat_workers > 1 and not bench.args.url:
+        rates = cfg.sat_workers_rates or cfg.sat_rates
+        task = bench.ui.task(
+            f"saturation: serve --workers {cfg.sat_workers} ({cfg.sat_pairs} pairs)",
+            total=len(rates),
+        )
+        await asyncio.sleep(0.5)
+        results["saturation"]["multi"] = await run(
+            bench,
+            on_step=ladder_logger(task, f"{cfg.sat_workers} workers: "),
+            workers=cfg.sat_workers,
+            rates=rates,
+        )
+        bench.ui.update(task, completed=len(rates))
 
 
 async def phase_profile(bench: Bench, results: dict[str, Any]) -> None:

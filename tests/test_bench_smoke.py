@@ -87,6 +87,9 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         assert run["listener"]["unexpected_closes"] == {}, run["name"]
         sane_latency(run["latency_ms"])
         sane_latency(run["request_ms"])
+        # The app's CPU per skip, from /proc: positive and far below a second.
+        assert 0 < run["app_cpu_ms_per_skip"] < 1_000, run["name"]
+        assert run["skips_answered"] >= run["sent"], run["name"]
     pairs = report["config"]["latency_pairs"][0]
     ws, poll = runs[f"ws-{pairs}"], runs[f"poll-{pairs}"]
     assert poll["latency_ms"]["p50"] > ws["latency_ms"]["p50"]
@@ -99,6 +102,12 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
     steps = report["saturation"]["steps"]
     assert steps and all("sustained" in s and "verdict" in s for s in steps)
     assert report["saturation"]["max_sustained_rate"] >= 0
+    assert all(0 < s["app_cpu_ms_per_skip"] < 1_000 for s in steps), steps
+    # The same ladder (shortened) against `serve --workers 2`, CPU read from the workers.
+    multi = report["saturation"]["multi"]
+    assert multi["workers"] == 2 and multi["steps"], multi
+    for step in multi["steps"]:
+        assert "sustained" in step and 0 < step["app_cpu_ms_per_skip"] < 1_000, step
     profile = report["profile"]
     assert profile["sampled_s"] > 0 and profile["self_by_function"], profile.get("error")
 
@@ -123,6 +132,7 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         "rss_per_ws",
         "ws_per_process",
         "idle_redis",
+        "cpu_per_skip",
     }
     markdown = (out / "docs" / "benchmarks.md").read_text()
     for heading in (
@@ -131,6 +141,8 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         "## Saturation",
         "## Capacity",
         "## Targets",
+        "app CPU ms/skip",
+        "serve --workers 2",
         "<!-- notes:start -->",
     ):
         assert heading in markdown, heading

@@ -185,6 +185,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         1500.0,
         "higher",
     )
+    add(
+        "cpu_per_skip",
+        f"app CPU per skip + re-pair (WebSocket, {hp} pairs, 100 skips/s)",
+        "<= 0.35 ms",
+        ws.get("app_cpu_ms_per_skip") if ws else None,
+        "ms",
+        0.35,
+        "lower",
+    )
     wsrow = _last_row(results, "ws")
     add(
         "rss_per_ws",

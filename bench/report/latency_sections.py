@@ -43,6 +43,7 @@ def latency_section(results: dict[str, Any], pngs: dict[str, Path]) -> list[str]
                     r["lost"],
                     r["errors"],
                     cpu_cell(cpu),
+                    r.get("app_cpu_ms_per_skip"),
                 ]
             )
         w(
@@ -59,11 +60,17 @@ def latency_section(results: dict[str, Any], pngs: dict[str, Path]) -> list[str]
                     "lost",
                     "errors",
                     "CPU % app / redis / client / others",
+                    "app CPU ms/skip",
                 ],
                 rows,
             )
         )
         w("")
+        w(
+            "`app CPU ms/skip`: the app process's CPU time (utime + stime, /proc) over the run, "
+            "warm-up included, ÷ the skips it answered in that time: one skip, its push and the "
+            "re-pair's push to both users.\n"
+        )
         rat = results.get("ratios", {})
         pr = rat.get("polling_over_push", {})
         if pr:
@@ -155,40 +162,55 @@ def saturation_section(results: dict[str, Any], pngs: dict[str, Path]) -> list[s
             f"skip → notified p99 under {sat['p99_bound_ms']:g} ms. **Highest sustained: "
             f"{fmt(sat['max_sustained_rate'])} skips/s.**\n"
         )
-        rows = []
-        for s in sat["steps"]:
-            cpu = s.get("cpu_pct", {})
-            rows.append(
-                [
-                    s["rate_target"],
-                    s["rate_achieved"],
-                    s["latency_ms"].get("p50"),
-                    s["latency_ms"].get("p99"),
-                    s["request_ms"].get("p99"),
-                    s["client_lag_ms"].get("p99"),
-                    cpu_cell(cpu),
-                    ("yes" if s["sustained"] else "**no**: " + s["verdict"]),
-                ]
-            )
-        w(
-            table(
-                [
-                    "target /s",
-                    "achieved /s",
-                    "p50 ms",
-                    "p99 ms",
-                    "skip HTTP p99 ms",
-                    "client lag p99 ms",
-                    "CPU % app / redis / client / others",
-                    "sustained",
-                ],
-                rows,
-            )
-        )
+        w(_steps_table(sat["steps"]))
         w("")
+        multi = sat.get("multi")
+        if multi:
+            w(f"### The same ladder against `pushskip serve --workers {multi['workers']}`\n")
+            w(
+                f"One supervisor and {multi['workers']} worker processes on one port, a fresh "
+                "start; app CPU is the workers' (the supervisor's children). **Highest "
+                f"sustained: {fmt(multi['max_sustained_rate'])} skips/s** (one process: "
+                f"{fmt(sat['max_sustained_rate'])} skips/s in this run).\n"
+            )
+            w(_steps_table(multi["steps"]))
+            w("")
         if "saturation" in pngs:
             w(f"![saturation]({pngs['saturation'].name})\n")
     return out
+
+
+def _steps_table(steps: list[dict[str, Any]]) -> str:
+    rows = []
+    for s in steps:
+        cpu = s.get("cpu_pct", {})
+        rows.append(
+            [
+                s["rate_target"],
+                s["rate_achieved"],
+                s["latency_ms"].get("p50"),
+                s["latency_ms"].get("p99"),
+                s["request_ms"].get("p99"),
+                s["client_lag_ms"].get("p99"),
+                cpu_cell(cpu),
+                s.get("app_cpu_ms_per_skip"),
+                ("yes" if s["sustained"] else "**no**: " + s["verdict"]),
+            ]
+        )
+    return table(
+        [
+            "target /s",
+            "achieved /s",
+            "p50 ms",
+            "p99 ms",
+            "skip HTTP p99 ms",
+            "client lag p99 ms",
+            "CPU % app / redis / client / others",
+            "app CPU ms/skip",
+            "sustained",
+        ],
+        rows,
+    )
 
 
 def profile_section(results: dict[str, Any]) -> list[str]:
