@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -45,6 +45,21 @@ PONG_TEXT = '{"type":"pong"}'
 # (doubling), and at once when the pub/sub link is back (RESYNC).
 RETRY_START_S = 0.1
 RETRY_MAX_S = 2.0
+
+
+def scope_header(scope: Any, name: bytes) -> str | None:
+    """A request header as `websocket.headers.get` gives it (`name` lower-case), without the
+    `Headers` object Starlette would keep for the socket's whole life."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def scope_query(scope: Any) -> dict[str, str]:
+    """The query string as `websocket.query_params` reads it (the last of a repeated name),
+    in a dict the caller drops once read, instead of one kept for the socket's life."""
+    return dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -101,6 +116,9 @@ class Connection:
     While Redis is away the socket stays open and waits (`behind`): every
     event it misses is in the log, read when Redis answers again.
     """
+
+    # One per open socket: no instance dict.
+    __slots__ = ("epoch", "found", "last_sent", "loop", "metrics", "peer_gone", "sub", "websocket")
 
     def __init__(
         self, websocket: WebSocket, found: Services, sub: Subscriber, status: UserStatus
@@ -260,24 +278,28 @@ class Connection:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     found = services(websocket)
     await websocket.accept()
+    # Read from the ASGI scope: an idle socket keeps no parsed copy of its headers and query.
+    scope = websocket.scope
     if not origin_allowed(
-        websocket.headers.get("origin"),
-        websocket.headers.get("host"),
+        scope_header(scope, b"origin"),
+        scope_header(scope, b"host"),
         found.settings.allowed_origins,
     ):
         await close_quietly(websocket, closing.BAD_ORIGIN, found.metrics)
         return
+    query = scope_query(scope)
     try:
-        user_id = found.signer.verify(websocket.query_params.get("token"))
+        user_id = found.signer.verify(query.get("token"))
     except InvalidToken as exc:
         await close_quietly(websocket, closing.BAD_TOKEN.because(str(exc)), found.metrics)
         return
     try:
-        after = events.parse_seq(websocket.query_params.get("after"))
-        epoch = events.parse_epoch(websocket.query_params.get("epoch"))
+        after = events.parse_seq(query.get("after"))
+        epoch = events.parse_epoch(query.get("epoch"))
     except ValueError as exc:
         await close_quietly(websocket, closing.BAD_REQUEST.because(str(exc)), found.metrics)
         return
+    del query
     try:
         async with found.hub.subscribe(user_id) as sub:
             found.presence.socket_opened(user_id)
