@@ -220,8 +220,13 @@ class Scenario:
         app_pid: int | None,
         seed: int = 1,
         app_children: bool = False,
+        skip_via: str = "http",
     ) -> None:
         self.bench = bench
+        # "ws": the skippers hold sockets too (indices pairs + i in the listener) and skip
+        # over them (`{"type":"skip",...}`, answered by a `reply`), instead of over HTTP.
+        self.skip_via = skip_via
+        self._rids = itertools.count(1)
         # app_pid is a supervisor (`serve --workers N`): its children's CPU is the app's.
         self.app_children = app_children
         self.name = name
@@ -267,6 +272,16 @@ class Scenario:
             )
             if got["failed"]:
                 raise RuntimeError(f"{got['failed']} of {self.n} sockets failed: {got['errors']}")
+            if self.skip_via == "ws":
+                got = await listener.call(
+                    "ws_connect",
+                    url=self.ws_url,
+                    users=[
+                        [self.n + i, f"token={tok}"] for i, (_, tok) in enumerate(self.skippers)
+                    ],
+                )
+                if got["failed"]:
+                    raise RuntimeError(f"{got['failed']} skipper sockets failed: {got['errors']}")
         else:
             got = await listener.call(
                 "poll_start",
@@ -369,6 +384,9 @@ class Scenario:
         pool = self.pool
         rec = Sent(t_sched_ns, 0, measured=measured)
         self.sent[(r, room)] = rec
+        if self.skip_via == "ws":
+            await self._fire_ws(rec, r, s)
+            return
         try:
             conn = await pool.acquire()
         except OSError as exc:
@@ -390,6 +408,32 @@ class Scenario:
             pool.release(conn)
             self._release_pair(r, s)
 
+    async def _redis_calls(self) -> int | None:
+        """Script calls (EVALSHA, EVAL) Redis has run so far: its commandstats also count
+        the commands a script runs, which say more about the scripts than the app."""
+        if self.bench.redis is None:
+            return None
+        stats = await self.bench.redis.info("commandstats")
+        names = ("cmdstat_evalsha", "cmdstat_eval")
+        return sum(int(stats.get(k, {}).get("calls", 0)) for k in names)
+
+    async def _fire_ws(self, rec: Sent, r: int, s: int) -> None:
+        """The skip over the skipper's socket, sent and timed by the listener."""
+        try:
+            got = await self.bench.listener.call(
+                "ws_skip", idx=self.n + s, rid=f"s{next(self._rids)}"
+            )
+            rec.t_send_ns = got.get("t_send_ns") or time.monotonic_ns()
+            rec.t_resp_ns = got.get("t_resp_ns") or 0
+            if got["done"]:
+                rec.ok = True
+            else:
+                self.skip_failures[str(got.get("error"))[:120]] += 1
+        except RuntimeError as exc:
+            self.skip_failures[str(exc)[:120]] += 1
+        finally:
+            self._release_pair(r, s)
+
     def _release_pair(self, r: int, s: int) -> None:
         """Both users are idle again (whatever the skip's outcome); re-pair them elsewhere."""
         self.cooldown[(r, s)] = time.monotonic() + self.cooldown_s
@@ -409,6 +453,7 @@ class Scenario:
         self.dropped = 0
         self.skip_failures.clear()
         await self.bench.listener.call("flush")  # forget what arrived before this phase
+        calls0 = await self._redis_calls()
         meter = CpuMeter(
             self.bench.pids(app=self.app_pid),
             children=frozenset({"app"}) if self.app_children else frozenset(),
@@ -418,6 +463,13 @@ class Scenario:
         # Every skip the app answered in the meter's window (warm-up included), and the
         # app's CPU over that window: what one skip + re-pair cycle costs the app.
         answered = sum(1 for r in self.sent.values() if r.ok)
+        calls1 = await self._redis_calls()
+        # Script calls per skip, every client's: the app's, and the bench's re-pairing (2).
+        redis_calls_per_skip = (
+            round((calls1 - calls0) / answered, 2)
+            if calls0 is not None and calls1 is not None and answered
+            else None
+        )
         app_s = meter.seconds.get("app")
         cpu_ms_per_skip = (
             round(1000 * app_s / answered, 3) if app_s is not None and answered else None
@@ -432,6 +484,7 @@ class Scenario:
             {
                 "name": self.name,
                 "transport": self.transport,
+                "skip_via": self.skip_via,
                 "pairs": self.n,
                 "rate_target": rate,
                 "rate_offered": round(run["arrivals"] / duration_s, 1),
@@ -442,6 +495,7 @@ class Scenario:
                 "http_connections_peak": self.pool.peak_open,
                 "cpu_pct": cpu,
                 "app_cpu_ms_per_skip": cpu_ms_per_skip,
+                "redis_scripts_per_skip": redis_calls_per_skip,
                 "skips_answered": answered,
                 "listener": got,
             }
@@ -495,4 +549,40 @@ async def phase_latency(bench: Bench, results: dict[str, Any]) -> None:
                 f"lost {result['lost']}, errors {result['errors']}"
             )
             runs.append(slim(result))
+    # The same load with the skip sent over the skipper's own socket, at the largest count.
+    pairs = max(cfg.latency_pairs)
+    total = cfg.latency_warmup_s + cfg.latency_duration_s
+    task = bench.ui.task(
+        f"latency: {pairs} pairs, skip over the socket @ {cfg.latency_rate:g} skips/s",
+        total=total,
+    )
+    sc = Scenario(
+        bench,
+        name=f"wsskip-{pairs}",
+        base=app.base,
+        ws_url=app.ws_url,
+        pairs=pairs,
+        transport="ws",
+        app_pid=app.pid,
+        seed=pairs + 1,
+        skip_via="ws",
+    )
+    setup = await sc.setup()
+    try:
+        result = await sc.run(
+            cfg.latency_rate,
+            cfg.latency_warmup_s,
+            cfg.latency_duration_s,
+            on_tick=functools.partial(_progress_to, bench.ui, task),
+        )
+    finally:
+        await sc.teardown()
+    result.update(setup)
+    bench.ui.update(task, completed=total)
+    lat = result["latency_ms"]
+    bench.ui.log(
+        f"  {sc.name}: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
+        f"lost {result['lost']}, errors {result['errors']}"
+    )
+    runs.append(slim(result))
     results["latency"] = runs

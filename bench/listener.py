@@ -45,6 +45,8 @@ class Listener:
         self.poll_conns: dict[int, HttpConn] = {}
         self.pubsubs: list[Any] = []
         self.stopping = False
+        # Skips sent over a socket (`ws_skip`), by request id: (reply time ns, reply) once read.
+        self.replies: dict[str, asyncio.Future[tuple[int, dict[str, Any]]]] = {}
 
     # ---- WebSockets -------------------------------------------------------------------------
     async def ws_connect(
@@ -97,6 +99,37 @@ class Listener:
         if isinstance(event, dict) and event.get("type") == MARK:
             self.records.append((idx, str(event.get("roomName")), t_ns))
 
+    def _reply(self, text: str | bytes, t_ns: int) -> None:
+        reply = json.loads(text)
+        if isinstance(reply, dict) and reply.get("type") == "reply":
+            fut = self.replies.pop(str(reply.get("id")), None)
+            if fut is not None and not fut.done():
+                fut.set_result((t_ns, reply))
+
+    async def ws_skip(self, idx: int, rid: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Skip over socket `idx` (`{"type":"skip","requeue":false}`); when it was sent and
+        when its reply came, both CLOCK_MONOTONIC ns, and whether it skipped."""
+        ws = self.sockets.get(idx)
+        if ws is None:
+            return {"ok": False, "error": "no such socket"}
+        fut = asyncio.get_running_loop().create_future()
+        self.replies[rid] = fut
+        text = json.dumps({"type": "skip", "id": rid, "requeue": False})
+        t_send = time.monotonic_ns()
+        try:
+            await ws.send(text)
+            t_resp, reply = await asyncio.wait_for(fut, timeout_s)
+        except Exception as exc:
+            self.replies.pop(rid, None)
+            return {"ok": False, "error": repr(exc)[:120]}
+        body = reply.get("body") or {}
+        return {
+            "ok": reply.get("status") == 200 and body.get("skipped") is True,
+            "error": None if reply.get("status") == 200 else f"{reply.get('status')} {body}",
+            "t_send_ns": t_send,
+            "t_resp_ns": t_resp,
+        }
+
     async def _read(self, idx: int, ws: Any) -> None:
         from websockets.exceptions import ConnectionClosed
 
@@ -106,6 +139,8 @@ class Listener:
                 self.messages += 1
                 if MARK in message:
                     self._record(idx, message, t_ns)
+                elif '"reply"' in message:
+                    self._reply(message, t_ns)
         except ConnectionClosed:
             pass
         finally:
@@ -287,6 +322,9 @@ async def amain() -> None:
                 result = await listener.poll_start(**msg)
             elif cmd == "redis_sub":
                 result = await listener.redis_sub(**msg)
+            elif cmd == "ws_skip":
+                result = await listener.ws_skip(**msg)
+                result["done"] = result.pop("ok")
             elif cmd == "flush":
                 result = listener.flush()
             elif cmd == "counters":

@@ -90,6 +90,10 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         # The app's CPU per skip, from /proc: positive and far below a second.
         assert 0 < run["app_cpu_ms_per_skip"] < 1_000, run["name"]
         assert run["skips_answered"] >= run["sent"], run["name"]
+    # The skip over the skipper's own socket, at the largest pair count.
+    pairs = report["config"]["latency_pairs"][-1]
+    assert runs[f"wsskip-{pairs}"]["skip_via"] == "ws"
+    assert runs[f"wsskip-{pairs}"]["redis_scripts_per_skip"] > 0
     pairs = report["config"]["latency_pairs"][0]
     ws, poll = runs[f"ws-{pairs}"], runs[f"poll-{pairs}"]
     assert poll["latency_ms"]["p50"] > ws["latency_ms"]["p50"]
@@ -133,6 +137,8 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         "ws_per_process",
         "idle_redis",
         "cpu_per_skip",
+        "socket_skip_p50",
+        "socket_skip_p99",
     }
     markdown = (out / "docs" / "benchmarks.md").read_text()
     for heading in (

@@ -128,7 +128,9 @@ def _method() -> list[str]:
         '{"requeue": false}`; both users then go to idle pools and are re-paired at once with '
         "another partner (the bench keeps its own copy of the rematch cooldown). Re-pairing runs "
         "the enqueue Lua script straight on Redis, pipelined, so the app's CPU goes to the skip "
-        "path being measured.\n"
+        "path being measured. One more run has the skippers hold sockets too and send "
+        '`{"type": "skip", "id": ..., "requeue": false}` on them (answered by a `reply`): the '
+        "same skip over the socket.\n"
         "- **Latency** runs from just before the skip request is written to the moment the "
         "receiver's client has the `partner-skipped` event: the receivers live in a separate "
         "listener process (asyncio, `websockets` client / a raw HTTP keep-alive client), the "

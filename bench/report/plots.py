@@ -39,6 +39,7 @@ def _latency_cdf(plt: Any, results: dict[str, Any], docs: Path) -> Path | None:
         series = [
             (
                 f"pushskip WebSocket, {r['pairs']} pairs"
+                + (", skip over the socket" if r.get("skip_via") == "ws" else "")
                 if r["transport"] == "ws"
                 else f"polling 500 ms, {r['pairs']} pairs",
                 r.get("sample_ms", []),
