@@ -71,6 +71,10 @@ class Presence:
         # Open sockets per local user; the users whose entry Redis has not seen yet.
         self._sockets: dict[str, int] = {}
         self._changed: set[str] = set()
+        # The changed users whose write is on its way to Redis.
+        self._writing: set[str] = set()
+        # Until when (monotonic) Redis surely holds this process's lease, from its last renewal.
+        self._lease_until = 0.0
         self._touched: dict[str, float] = {}
         self._to_touch: set[str] = set()
         self._wake = asyncio.Event()
@@ -96,8 +100,19 @@ class Presence:
 
     async def touch(self, user_id: str) -> None:
         """An authenticated HTTP request: `user_id` is here now. Written before the request
-        is answered (at most once a second per user), or left to the writer if Redis fails."""
+        is answered (at most once a second per user), or left to the writer if Redis fails.
+
+        Nothing to write while Redis lists the user among this process's sockets: they are
+        present as long as it does, and their last socket closing pushes the deadline to a
+        later moment than this request would."""
         now = time.monotonic()
+        if (
+            user_id in self._sockets
+            and user_id not in self._changed
+            and user_id not in self._writing
+            and now < self._lease_until
+        ):
+            return
         if now - self._touched.get(user_id, -self.touch_every_s) < self.touch_every_s:
             return
         if len(self._touched) > 100_000:
@@ -140,6 +155,7 @@ class Presence:
             return
         here = [u for u in changed if u in self._sockets]
         away = [u for u in changed if u not in self._sockets]
+        self._writing = changed
         try:
             await self._presence(
                 self.process_id,
@@ -155,6 +171,8 @@ class Presence:
             self._changed |= changed
             self._to_touch |= touched
             raise
+        finally:
+            self._writing = set()
 
     async def _write_loop(self) -> None:
         while True:
@@ -170,7 +188,11 @@ class Presence:
     async def _lease_loop(self) -> None:
         while True:
             try:
+                sent_at = time.monotonic()
                 known = await self._lease(self.process_id, str(int(self.lease_s * 1000)))
+                # Renewed (or made anew: then the users below are listed again, and
+                # `touch` writes for them until they are).
+                self._lease_until = sent_at + self.lease_s
                 if known == "0" and self._sockets:
                     logger.warning(
                         "presence lease was unknown to Redis; listing %d users again",
