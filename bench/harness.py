@@ -206,6 +206,11 @@ class Bench:
             "PUSHSKIP_MAX_WAITING_PER_ADDRESS": "100000000",
             "PUSHSKIP_REMATCH_COOLDOWN_S": str(self.cfg.cooldown_s),
             "PUSHSKIP_QUEUE_STALE_S": "3600",
+            # The HTTP skippers make no request between skips and the bench re-pairs them
+            # on Redis: with the default grace (5 s) one that skips less often is declared
+            # gone and its match ended ("No active match"), and a fresh process's sweep
+            # would end the earlier phases' users during the capacity baseline.
+            "PUSHSKIP_PRESENCE_GRACE_S": "3600",
             **dict(item.split("=", 1) for item in self.args.app_env),
         }
         # An --app-env PYTHONPATH replaces the inherited one: the repository goes back on it,
