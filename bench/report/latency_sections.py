@@ -75,7 +75,7 @@ def latency_section(results: dict[str, Any], pngs: dict[str, Path]) -> list[str]
         w(
             "`app CPU ms/skip`: the app process's CPU time (utime + stime, /proc) over the run, "
             "warm-up included, ÷ the skips it answered in that time: one skip, its push and the "
-            "re-pair's push to both users.\n"
+            "re-pair's `matched` events pushed to the users' sockets (the bench re-pairs on Redis).\n"
         )
         rat = results.get("ratios", {})
         pr = rat.get("polling_over_push", {})
