@@ -168,21 +168,33 @@ async def snapshot(redis: Redis) -> dict[str, Any]:
     """Every key with its type, value and TTL presence: to prove nothing changed.
 
     Leaves out the app processes' presence leases, which they renew every
-    second whatever the requests do."""
+    second whatever the requests do. Three round trips whatever the number of
+    keys (tests/test_fuzz.py takes two snapshots per example)."""
+    names = [key async for key in redis.scan_iter(count=1000) if key != keys.PRESENCE_PROCS]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in names:
+            pipe.type(key)
+        kinds = await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
+        for key, kind in zip(names, kinds, strict=True):
+            if kind == "string":
+                pipe.get(key)
+            elif kind == "zset":
+                pipe.zrange(key, 0, -1, withscores=True)
+            elif kind == "stream":
+                pipe.xrange(key)
+            elif kind == "hash":
+                pipe.hgetall(key)
+            elif kind == "set":
+                pipe.smembers(key)
+            elif kind == "list":
+                pipe.lrange(key, 0, -1)
+            else:
+                pipe.echo(kind)
+            pipe.ttl(key)
+        replies = await pipe.execute()
     result: dict[str, Any] = {}
-    async for key in redis.scan_iter(count=1000):
-        if key == keys.PRESENCE_PROCS:
-            continue
-        kind = await redis.type(key)
-        if kind == "string":
-            value: Any = await redis.get(key)
-        elif kind == "zset":
-            value = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == "stream":
-            value = await redis.xrange(key)
-        elif kind == "hash":
-            value = await redis.hgetall(key)
-        else:
-            value = kind
-        result[key] = (kind, value, await redis.ttl(key) > 0)
+    for i, (key, kind) in enumerate(zip(names, kinds, strict=True)):
+        value, ttl = replies[2 * i], replies[2 * i + 1]
+        result[key] = (kind, value, ttl > 0)
     return result
