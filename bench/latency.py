@@ -507,6 +507,29 @@ def _progress_to(ui: UI, task: Any, completed: float) -> None:
     ui.update(task, completed=completed)
 
 
+async def _run_scenario(bench: Bench, sc: Scenario, task: Any, total: float) -> dict[str, Any]:
+    """Set up, run at the configured rate, tear down, log; the slimmed result."""
+    cfg = bench.cfg
+    setup = await sc.setup()
+    try:
+        result = await sc.run(
+            cfg.latency_rate,
+            cfg.latency_warmup_s,
+            cfg.latency_duration_s,
+            on_tick=functools.partial(_progress_to, bench.ui, task),
+        )
+    finally:
+        await sc.teardown()
+    result.update(setup)
+    bench.ui.update(task, completed=total)
+    lat = result["latency_ms"]
+    bench.ui.log(
+        f"  {sc.name}: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
+        f"lost {result['lost']}, errors {result['errors']}"
+    )
+    return slim(result)
+
+
 async def phase_latency(bench: Bench, results: dict[str, Any]) -> None:
     """The `latency` phase: WebSocket then polling for each pair count, results["latency"]."""
     cfg = bench.cfg
@@ -531,24 +554,7 @@ async def phase_latency(bench: Bench, results: dict[str, Any]) -> None:
                 app_pid=app.pid,
                 seed=pairs,
             )
-            setup = await sc.setup()
-            try:
-                result = await sc.run(
-                    cfg.latency_rate,
-                    cfg.latency_warmup_s,
-                    cfg.latency_duration_s,
-                    on_tick=functools.partial(_progress_to, bench.ui, task),
-                )
-            finally:
-                await sc.teardown()
-            result.update(setup)
-            bench.ui.update(task, completed=total)
-            lat = result["latency_ms"]
-            bench.ui.log(
-                f"  {name}: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
-                f"lost {result['lost']}, errors {result['errors']}"
-            )
-            runs.append(slim(result))
+            runs.append(await _run_scenario(bench, sc, task, total))
     # The same load with the skip sent over the skipper's own socket, at the largest count.
     pairs = max(cfg.latency_pairs)
     total = cfg.latency_warmup_s + cfg.latency_duration_s
@@ -567,22 +573,5 @@ async def phase_latency(bench: Bench, results: dict[str, Any]) -> None:
         seed=pairs + 1,
         skip_via="ws",
     )
-    setup = await sc.setup()
-    try:
-        result = await sc.run(
-            cfg.latency_rate,
-            cfg.latency_warmup_s,
-            cfg.latency_duration_s,
-            on_tick=functools.partial(_progress_to, bench.ui, task),
-        )
-    finally:
-        await sc.teardown()
-    result.update(setup)
-    bench.ui.update(task, completed=total)
-    lat = result["latency_ms"]
-    bench.ui.log(
-        f"  {sc.name}: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
-        f"lost {result['lost']}, errors {result['errors']}"
-    )
-    runs.append(slim(result))
+    runs.append(await _run_scenario(bench, sc, task, total))
     results["latency"] = runs

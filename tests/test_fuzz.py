@@ -56,20 +56,10 @@ from pushskip.auth import TokenSigner
 from pushskip.embedded import EmbeddedRedis
 from pushskip.presence import Presence
 from tests.helpers import TEST_SECRET, make_settings, snapshot
+from tests.test_bad_input import BASE, ENDPOINTS
 
-BASE = "/api/simple-matching/"
-# name -> (method, path): every route of API.md.
-ROUTES: dict[str, tuple[str, str]] = {
-    "session": ("POST", "/api/session"),
-    "enqueue": ("POST", BASE + "enqueue"),
-    "leave": ("POST", BASE + "leave"),
-    "status": ("GET", BASE + "status"),
-    "skip": ("POST", BASE + "skip"),
-    "check-disconnect": ("POST", BASE + "check-disconnect"),
-    "check-room-valid": ("POST", BASE + "check-room-valid"),
-    "left-behind-status": ("GET", BASE + "left-behind-status"),
-    "events": ("GET", BASE + "events"),
-}
+# name -> (method, path): every route of API.md, as the hand-written bad-input tests name them.
+ROUTES = ENDPOINTS
 
 # CI: this many examples per route (about 2,700 in all), reproducibly.
 CI_EXAMPLES = 300
