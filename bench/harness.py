@@ -51,6 +51,10 @@ class BenchConfig:
     micro_s: float = 2.0
     cooldown_s: int = 1
     poll_interval_s: float = 0.5
+    # The integrations phase: skip -> notified with webhooks (and media rooms) on and off.
+    integration_pairs: int = 500
+    integration_rounds: int = 3
+    integration_duration_s: float = 10.0
 
     @classmethod
     def quick_config(cls) -> BenchConfig:
@@ -69,6 +73,9 @@ class BenchConfig:
             capacity_counts=(500,),
             capacity_window_s=2.0,
             micro_s=0.5,
+            integration_pairs=50,
+            integration_rounds=1,
+            integration_duration_s=2.0,
         )
 
 
@@ -222,15 +229,21 @@ class Bench:
         return self.app
 
     async def start_app(
-        self, name: str, *, wrapper: list[str] | None = None, serve_args: list[str] | None = None
+        self,
+        name: str,
+        *,
+        wrapper: list[str] | None = None,
+        serve_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> ServerProcess | External:
+        """An app process (`env`: variables added to, or replacing, `app_env()`'s)."""
         if self.args.url:
             return External(self.args.url, self.args.app_pid)
         # A wrapper (the profiler) runs pushskip.cli.main with the same arguments.
         argv = list(wrapper) if wrapper else [sys.executable, "-m", "pushskip"]
         argv += ["--log-level", self.args.app_log_level, "serve", "--port", "{port}"]
         argv += serve_args or []
-        app = ServerProcess(name, argv, self.app_env(), self.workdir)
+        app = ServerProcess(name, argv, {**self.app_env(), **(env or {})}, self.workdir)
         self.apps.append(app)
         try:
             await app.start()

@@ -108,17 +108,19 @@ async def paced(
 class RedisPairer:
     """Pairs (receiver, skipper) with the enqueue script, many pairs per pipeline."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, outbox: frozenset[str] = frozenset()) -> None:
+        """`outbox`: the outbox targets the app records for (its scripts must be the same)."""
         from bench.resp import Resp
 
         self.resp = Resp(redis_url)
+        self.outbox = outbox
         self.sha: dict[str, str] = {}
 
     async def _sha(self, name: str) -> str:
         from pushskip.scripts import source
 
         if name not in self.sha:
-            text = source(name, retention_ms=RETENTION_MS).text
+            text = source(name, retention_ms=RETENTION_MS, outbox=self.outbox).text
             (sha,) = await self.resp.pipeline([["SCRIPT", "LOAD", text]])
             self.sha[name] = sha
         return self.sha[name]
@@ -221,7 +223,11 @@ class Scenario:
         seed: int = 1,
         app_children: bool = False,
         skip_via: str = "http",
+        redis_url: str | None = None,
+        outbox: frozenset[str] = frozenset(),
     ) -> None:
+        """`redis_url`: the app's Redis when it is not the bench's (another db); `outbox`:
+        the outbox targets the app records entries for (the re-pairing must record them too)."""
         self.bench = bench
         # "ws": the skippers hold sockets too (indices pairs + i in the listener) and skip
         # over them (`{"type":"skip",...}`, answered by a `reply`), instead of over HTTP.
@@ -237,9 +243,11 @@ class Scenario:
         self.app_pid = app_pid
         self.rng = random.Random(seed)
         self.pool = HttpPool(base, size=256)
+        pair_url = redis_url or bench.redis_url
+        self.redis_url = pair_url
         self.pairer: RedisPairer | HttpPairer = (
-            RedisPairer(bench.redis_url)
-            if bench.redis_url is not None
+            RedisPairer(pair_url, outbox)
+            if pair_url is not None
             else HttpPairer(HttpPool(base, 8))
         )
         self.receivers: list[User] = []
@@ -413,7 +421,7 @@ class Scenario:
         the commands a script runs, which say more about the scripts than the app."""
         if self.bench.redis is None:
             return None
-        stats = await self.bench.redis.info("commandstats")
+        stats = await self.bench.redis.info("commandstats")  # server-wide: every db
         names = ("cmdstat_evalsha", "cmdstat_eval")
         return sum(int(stats.get(k, {}).get("calls", 0)) for k in names)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class RespError(Exception):
@@ -47,10 +47,15 @@ class Resp:
                 if user
                 else ["AUTH", unquote(parts.password)]
             )
-            await self.pipeline([args])
-        db = parts.path.strip("/") if parts.scheme != "unix" else ""
+            await self._send([args])
+        if parts.scheme == "unix":
+            db = parse_qs(parts.query).get("db", [""])[0]
+        else:
+            db = parts.path.strip("/")
         if db.isdigit() and db != "0":
-            await self.pipeline([["SELECT", db]])
+            (selected,) = await self._send([["SELECT", db]])
+            if isinstance(selected, RespError):
+                raise selected
 
     async def _read(self) -> Any:
         assert self.reader is not None
@@ -82,9 +87,13 @@ class Resp:
         async with self.lock:
             if self.writer is None:
                 await self.connect()
-            assert self.writer is not None
-            self.writer.write(b"".join(encode(*c) for c in commands))
-            return [await self._read() for _ in commands]
+            return await self._send(commands)
+
+    async def _send(self, commands: list[list[Any]]) -> list[Any]:
+        """The pipeline on the open connection (the caller holds the lock, or is connecting)."""
+        assert self.writer is not None
+        self.writer.write(b"".join(encode(*c) for c in commands))
+        return [await self._read() for _ in commands]
 
     async def close(self) -> None:
         if self.writer is not None:

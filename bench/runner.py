@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, floors, latency, micro, saturation
+from bench import capacity, floors, integrations, latency, micro, saturation
 from bench.harness import UI, Bench, BenchConfig
 
 Phase = Callable[[Bench, dict[str, Any]], Awaitable[None]]
@@ -28,6 +28,7 @@ PHASE_FUNCS: dict[str, Phase] = {
     "saturation": saturation.phase_saturation,
     "profile": saturation.phase_profile,
     "capacity": capacity.phase_capacity,
+    "integrations": integrations.phase_integrations,
 }
 PHASES = tuple(PHASE_FUNCS)
 

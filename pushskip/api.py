@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
@@ -88,7 +88,7 @@ def valid_unicode(value: object) -> bool:
     return True
 
 
-def authenticate(request: Request, body_token: object = None) -> str:
+async def authenticate(request: Request, body_token: object = None) -> str:
     """The token's user: from `Authorization: Bearer`, else (beacons) `body_token`."""
     header = request.headers.get("authorization")
     token = bearer_token(header) if header is not None else body_token
@@ -97,7 +97,7 @@ def authenticate(request: Request, body_token: object = None) -> str:
     if not isinstance(token, str):
         raise ApiError(400, "token must be a string")
     try:
-        return services(request).signer.verify(token)
+        return await services(request).identity.verify(token)
     except InvalidToken as exc:
         raise ApiError(401, str(exc).capitalize()) from None
 
@@ -160,7 +160,7 @@ def user_route(action: Action, *, reads_body: bool, token_in_body: bool = False)
         beacon = token_in_body and "authorization" not in request.headers
         body = await read_body(request) if beacon else {}
         caller = Caller(
-            found, authenticate(request, body.get("token")), client_address(request),
+            found, await authenticate(request, body.get("token")), client_address(request),
             request.query_params,
         )
         check_rate(caller)
@@ -177,8 +177,11 @@ def user_route(action: Action, *, reads_body: bool, token_in_body: bool = False)
 
 
 async def create_session(request: Request) -> JSONResponse:
-    await read_body(request)  # enforces the size cap; the body carries nothing we need
     found = services(request)
+    if not found.settings.anonymous_sessions:
+        # Only the app's own users get in (PUSHSKIP_ANONYMOUS_SESSIONS=false).
+        raise ApiError(404, "Not Found")
+    await read_body(request)  # enforces the size cap; the body carries nothing we need
     if found.session_verifier is not None and not await found.session_verifier(request):
         raise ApiError(403, "Session refused")
     if not await found.store.allow_session(
@@ -200,6 +203,8 @@ async def enqueue(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     reply = await caller.found.store.enqueue(caller.me, address=caller.address)
     if reply.status == "limited":
         raise ApiError(429, "Too many users from this address are waiting; try again later")
+    if reply.status == "banned":
+        raise ApiError(403, "You are banned from matching for now")
     if reply.status == "matched":
         return {"status": "matched", "match": reply.match}
     return {"status": "waiting"}
@@ -311,7 +316,8 @@ SOCKET_ACTIONS: dict[str, Action] = {"enqueue": enqueue, "skip": skip, "leave": 
 REDIS_DOWN = "Redis is unreachable; try again shortly"
 
 
-def routes() -> list[BaseRoute]:
+def routes(extra: Sequence[BaseRoute] = ()) -> list[BaseRoute]:
+    """Every /api route, and `extra` ones (the server API, when it is on) under /api too."""
     # One Mount for /api: a known path with the wrong method is then 405 (not
     # a 404 from the static files mounted at /), an unknown /api path is 404.
     base = "/simple-matching"
@@ -341,5 +347,6 @@ def routes() -> list[BaseRoute]:
             methods=["GET"],
         ),
         Route(f"{base}/events", user_route(list_events, reads_body=False), methods=["GET"]),
+        *extra,
     ]
     return [Mount("/api", routes=api)]

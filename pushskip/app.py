@@ -20,18 +20,22 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from pushskip import api, ws
+from pushskip import api, server_api, ws
 from pushskip.auth import TokenSigner
 from pushskip.config import Settings
 from pushskip.hub import Hub
+from pushskip.identity import AppTokens, Identity
+from pushskip.jwks import JwksKeys
 from pushskip.link import PubSubLink
 from pushskip.metrics import Metrics
+from pushskip.outbox import Outbox, Target
 from pushskip.presence import Presence
 from pushskip.ratelimit import RateLimiter
 from pushskip.retry import retry_read
 from pushskip.services import Services, SessionVerifier, services
 from pushskip.staticfiles import CachedStaticFiles
 from pushskip.store import Store
+from pushskip.webhooks import WebhookTarget
 
 logger = logging.getLogger("pushskip.app")
 
@@ -109,6 +113,26 @@ def redis_clients(settings: Settings) -> tuple[Redis, Redis]:
     return commands, pubsub
 
 
+def outbox_targets(settings: Settings) -> list[Target]:
+    """The outbox targets the settings configure: webhooks (and media providers)."""
+    targets: list[Target] = []
+    if settings.webhook_url and settings.webhook_secret:
+        targets.append(WebhookTarget(settings.webhook_url, settings.webhook_secret))
+    return targets
+
+
+def app_tokens(settings: Settings) -> AppTokens | None:
+    """The app's JWTs, when the settings accept them."""
+    if not settings.app_tokens:
+        return None
+    return AppTokens(
+        secret=settings.jwt_secret,
+        jwks=JwksKeys(settings.jwks_url) if settings.jwks_url else None,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+
+
 def find_static_dir() -> Path | None:
     """The first of STATIC_DIRS that exists, or None."""
     return next((d for d in STATIC_DIRS if d.is_dir()), None)
@@ -127,6 +151,19 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis, pubsub_redis = redis_clients(settings)
+        retention_ms = settings.log_retention_s * 1000
+        outbox = Outbox(
+            redis,
+            outbox_targets(settings),
+            metrics,
+            retention_ms=retention_ms,
+            lease_s=settings.outbox_lease_s,
+            retry_s=settings.webhook_retry_s,
+            backoff_max_s=settings.webhook_backoff_max_s,
+            max_pending=settings.outbox_max_pending,
+        )
+        app_jwts = app_tokens(settings)
+        signer = TokenSigner(settings.secret, ttl_s=settings.token_ttl_s)
         link = PubSubLink(
             redis, pubsub_redis, metrics, watchdog_interval_s=settings.watchdog_interval_s
         )
@@ -143,12 +180,15 @@ def create_app(
             lease_s=settings.presence_lease_s,
             sweep_s=settings.presence_sweep_s,
             cooldown_s=settings.rematch_cooldown_s,
-            retention_ms=settings.log_retention_s * 1000,
+            retention_ms=retention_ms,
+            outbox=outbox.names,
+            on_change=outbox.wake,
         )
         built = Services(
             settings=settings,
             metrics=metrics,
-            signer=TokenSigner(settings.secret, ttl_s=settings.token_ttl_s),
+            signer=signer,
+            identity=Identity(signer, app_jwts),
             user_limiter=RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst),
             redis=redis,
             store=Store(
@@ -158,20 +198,30 @@ def create_app(
                 retention_s=settings.log_retention_s,
                 max_waiting_per_address=settings.max_waiting_per_address,
                 metrics=metrics,
+                outbox=outbox.names,
+                on_change=outbox.wake,
             ),
             hub=hub,
             presence=presence,
+            outbox=outbox,
             session_verifier=session_verifier,
         )
         built.install(app)
+        jwks = app_jwts.jwks if app_jwts is not None else None
+        if jwks is not None:
+            await jwks.start()
         await hub.start()
         await presence.start()
+        await outbox.start()
         try:
             yield
         finally:
             # Each step is bounded: uvicorn waits for the lifespan without a limit,
             # and a process that cannot stop is worse than one that skips a goodbye.
-            for step in (presence.stop, hub.stop, pubsub_redis.aclose, redis.aclose):
+            steps = [outbox.stop, presence.stop, hub.stop, pubsub_redis.aclose, redis.aclose]
+            if jwks is not None:
+                steps.insert(0, jwks.stop)
+            for step in steps:
                 try:
                     async with asyncio.timeout(SHUTDOWN_STEP_S):
                         await step()
@@ -181,7 +231,7 @@ def create_app(
 
     static = static_dir if static_dir is not None else find_static_dir()
     routes = [
-        *api.routes(),
+        *api.routes(server_api.routes() if settings.api_key else ()),
         WebSocketRoute("/ws", ws.websocket_endpoint),
         Route("/metrics", metrics.endpoint),
         Route("/healthz", healthz),

@@ -26,6 +26,9 @@ class CloseReason:
 
 BAD_TOKEN = CloseReason(4401, "Invalid token", "bad_token", "the token was missing or invalid")
 BAD_ORIGIN = CloseReason(4403, "Origin not allowed", "bad_origin", "the Origin is not allowed")
+BANNED = CloseReason(
+    4403, "banned", "banned", "the app's backend banned the user (server API)"
+)
 BAD_REQUEST = CloseReason(1008, "Bad request", "bad_request", "the query was malformed")
 RATE_LIMITED = CloseReason(
     1008,
@@ -73,6 +76,7 @@ SHUTDOWN = CloseReason(
 REASONS = (
     BAD_TOKEN,
     BAD_ORIGIN,
+    BANNED,
     BAD_REQUEST,
     RATE_LIMITED,
     TOO_MANY_SOCKETS,
@@ -82,3 +86,7 @@ REASONS = (
     SERVER_ERROR,
     SHUTDOWN,
 )
+
+
+# What a control message on a user's channel (not an event) may ask of their sockets.
+BY_CONTROL = {"banned": BANNED}

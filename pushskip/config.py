@@ -10,6 +10,8 @@ is called by the CLI; tests build `Settings(...)` directly.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import logging
 import math
@@ -17,6 +19,7 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 logger = logging.getLogger("pushskip.config")
 
@@ -47,6 +50,13 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_WORKERS = 1
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_WEBHOOK_RETRY_S = 3600
+DEFAULT_WEBHOOK_BACKOFF_MAX_S = 300.0
+DEFAULT_OUTBOX_LEASE_S = 15.0
+DEFAULT_OUTBOX_MAX_PENDING = 100_000
+# An HS256 key shorter than its hash (RFC 7518, 3.2) is refused.
+MIN_JWT_SECRET_BYTES = 32
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
 class ConfigError(ValueError):
@@ -82,6 +92,44 @@ def origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(o for o in (part.strip().rstrip("/") for part in raw.split(",")) if o)
 
 
+def boolean(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def http_url(name: str, raw: str) -> str:
+    """An absolute http(s) URL."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    return raw.strip()
+
+
+def jwt_secret(name: str, raw: str) -> str:
+    if len(raw.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ConfigError(
+            f"{name} must be at least {MIN_JWT_SECRET_BYTES} bytes (an HS256 key shorter than "
+            "its hash is guessable)"
+        )
+    return raw
+
+
+def webhook_secret(name: str, raw: str) -> str:
+    """A Standard Webhooks secret: `whsec_` and the base64 of at least 24 random bytes."""
+    body = raw.strip().removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{name} must be whsec_ followed by base64") from None
+    if len(key) < 24:
+        raise ConfigError(f"{name} must hold at least 24 bytes of key (whsec_<base64>)")
+    return raw.strip()
+
+
 def port_number(name: str, raw: str) -> int:
     value = positive_int(name, raw)
     if value > 65535:
@@ -112,6 +160,7 @@ Parser = Callable[[str, str], Any]
 PARSERS: dict[str, Parser] = {
     "int": positive_int,
     "float": positive_float,
+    "bool": boolean,
     "str": text,
     "str | None": text,
     "tuple[str, ...]": origins,
@@ -274,6 +323,72 @@ class Settings:
         parse=worker_count,
     )
     log_level: str = setting(DEFAULT_LOG_LEVEL, "log level of `pushskip serve`")
+    # Your app's own users (API.md, Identity).
+    jwt_secret: str | None = setting(
+        None,
+        "HS256 key of the JWTs your backend signs for its users (`sub`: the user id); at "
+        "least 32 bytes",
+        shown="unset: no HS256 JWTs",
+        parse=jwt_secret,
+        in_repr=False,
+    )
+    jwks_url: str | None = setting(
+        None,
+        "JWKS of the keys your backend signs user JWTs with (RS256/ES256); fetched again for "
+        "an unknown `kid`, at most every few seconds",
+        shown="unset: no JWKS",
+        parse=http_url,
+    )
+    jwt_audience: str | None = setting(
+        None, "the `aud` every app JWT must name", shown="unset: `aud` not checked"
+    )
+    jwt_issuer: str | None = setting(
+        None, "the `iss` every app JWT must name", shown="unset: `iss` not checked"
+    )
+    anonymous_sessions: bool = setting(
+        True, "`false`: `POST /api/session` answers 404, only your app's JWTs get in",
+        shown="true",
+    )
+    # Your backend: webhooks (API.md, webhooks).
+    webhook_url: str | None = setting(
+        None,
+        "where `match.created` / `match.ended` are POSTed (with `PUSHSKIP_WEBHOOK_SECRET`)",
+        shown="unset: no webhooks",
+        parse=http_url,
+    )
+    webhook_secret: str | None = setting(
+        None,
+        "Standard Webhooks signing secret, `whsec_<base64>`",
+        shown="unset",
+        parse=webhook_secret,
+        in_repr=False,
+    )
+    webhook_retry_s: int = setting(
+        DEFAULT_WEBHOOK_RETRY_S,
+        "a webhook not accepted (2xx) is retried with backoff for this long, then dropped "
+        "and counted",
+    )
+    webhook_backoff_max_s: float = setting(
+        DEFAULT_WEBHOOK_BACKOFF_MAX_S,
+        "longest wait between two attempts of one webhook (the backoff doubles up to it)",
+    )
+    outbox_lease_s: float = setting(
+        DEFAULT_OUTBOX_LEASE_S,
+        "an outbox entry (webhook, room deletion) claimed by a process that died is claimed "
+        "again by another after this long",
+    )
+    outbox_max_pending: int = setting(
+        DEFAULT_OUTBOX_MAX_PENDING,
+        "most undelivered entries one outbox target keeps in Redis; past it the oldest are "
+        "dropped and counted",
+    )
+    # Your backend: server API (API.md, server API).
+    api_key: str | None = setting(
+        None,
+        "key of the server API (`Authorization: apikey <key>`) for your backend",
+        shown="unset: `/api/server/*` answers 404",
+        in_repr=False,
+    )
     # Part of the contract (API.md: 413 past 16 KiB), so not an operator's knob.
     max_body_bytes: int = setting(
         DEFAULT_MAX_BODY_BYTES, "largest request body accepted", operator=False
@@ -294,6 +409,21 @@ class Settings:
                 "processes will not accept them"
             )
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if bool(self.webhook_url) != bool(self.webhook_secret):
+            raise ConfigError(
+                "PUSHSKIP_WEBHOOK_URL and PUSHSKIP_WEBHOOK_SECRET are set together or not at all"
+            )
+
+    @property
+    def app_tokens(self) -> bool:
+        """Whether app-issued JWTs are accepted."""
+        return bool(self.jwt_secret or self.jwks_url)
+
+    @property
+    def webhooks(self) -> bool:
+        return bool(self.webhook_url and self.webhook_secret)
 
     def with_redis_url(self, url: str) -> Settings:
         return dataclasses.replace(self, redis_url=url)

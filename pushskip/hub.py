@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Final
@@ -159,6 +160,18 @@ class Subscriber:
         self.wake()
 
 
+def control_close(data: str) -> CloseReason | None:
+    """The close a control message asks for (`{"type": "close", "reason": "banned"}`, published
+    by lua/ban.lua on the user's channel), or None when it is not one."""
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("type") != "close":
+        return None
+    return closing.BY_CONTROL.get(str(message.get("reason")))
+
+
 class Hub:
     def __init__(
         self,
@@ -278,7 +291,12 @@ class Hub:
         try:
             event = parse_raw(data)
         except ValueError:
-            logger.error("dropping malformed event on %s", channel)
+            reason = control_close(data)
+            if reason is None:
+                logger.error("dropping malformed event on %s", channel)
+                return
+            for sub in list(subs):
+                sub.close(reason)
             return
         for sub in list(subs):
             sub.offer(event)

@@ -45,6 +45,19 @@ QUEUE_KEEP_MS = 24 * 3600 * 1000
 # Sessions minted per client address in the current minute.
 SESSION_RATE = "session-rate:"
 
+# Rooms with a match now (score: matchedAt ms), for the server API's stats.
+ROOMS = "simple-matching:rooms"
+
+# banned:{user}: set by the server API's ban (value: until when, ms), kept for its length.
+BANNED = "banned:"
+
+# The outbox (outbox.py): per delivery target, the entries to deliver after the
+# Lua step that recorded them. outbox:{target}:entries (id -> JSON),
+# :due (id -> next attempt ms), :recorded (id -> ms), :attempts (id -> n),
+# :next (id -> the entry that waits for it: a room's match.ended for its match.created).
+OUTBOX = "outbox:"
+WEBHOOK_TARGET = "webhook"
+
 # rematch-cooldown:{a}:{b} with a < b: set by a skip, blocks re-pairing a and b.
 REMATCH_COOLDOWN = "rematch-cooldown:"
 
@@ -65,6 +78,8 @@ EVENT_LOG_MIN_AGE_MS = 300_000
 PRESENCE_PROCS = "presence:procs"
 PRESENCE_SOCKETS = "presence:sockets:"
 PRESENCE_DEADLINES = "presence:deadlines"
+# Open sockets per live process (field: process id), renewed with its lease: the stats.
+PRESENCE_COUNTS = "presence:socket-counts"
 PRESENCE_KEEP_MS = 24 * 3600 * 1000
 
 # Pub/sub channels (a namespace apart from keys).
@@ -98,6 +113,14 @@ def user_from_channel(channel: str) -> str | None:
     return None
 
 
+def banned(user_id: str) -> str:
+    return BANNED + user_id
+
+
+def outbox(target: str, part: str) -> str:
+    return f"{OUTBOX}{target}:{part}"
+
+
 def presence_sockets(process_id: str) -> str:
     return PRESENCE_SOCKETS + process_id
 
@@ -107,9 +130,14 @@ def rematch_cooldown(a: str, b: str) -> str:
     return f"{REMATCH_COOLDOWN}{lo}:{hi}"
 
 
-def lua_constants(log_retention_ms: int) -> str:
-    """The Lua prelude that gives every script the same names as this module."""
-    values: dict[str, str | int] = {
+def lua_constants(log_retention_ms: int, outbox_targets: frozenset[str] = frozenset()) -> str:
+    """The Lua prelude that gives every script the same names as this module, and says
+    which outbox targets the steps record entries for (none: nothing is recorded)."""
+    values: dict[str, str | int | bool] = {
+        "K_ROOMS": ROOMS,
+        "K_BANNED": BANNED,
+        "K_OUTBOX": OUTBOX,
+        "OUTBOX_WEBHOOK": WEBHOOK_TARGET in outbox_targets,
         "K_MATCH": MATCH,
         "K_PRE_SKIP": PRE_SKIP,
         "K_SKIP_IN_PROGRESS": SKIP_IN_PROGRESS,
@@ -135,6 +163,7 @@ def lua_constants(log_retention_ms: int) -> str:
         "K_PRESENCE_PROCS": PRESENCE_PROCS,
         "K_PRESENCE_SOCKETS": PRESENCE_SOCKETS,
         "K_PRESENCE_DEADLINES": PRESENCE_DEADLINES,
+        "K_PRESENCE_COUNTS": PRESENCE_COUNTS,
         "PRESENCE_KEEP_MS": PRESENCE_KEEP_MS,
         "PRE_SKIP_TTL": PRE_SKIP_TTL_S,
         "SKIP_IN_PROGRESS_TTL": SKIP_IN_PROGRESS_TTL_S,
@@ -149,6 +178,9 @@ def lua_constants(log_retention_ms: int) -> str:
     }
     lines = []
     for name, value in values.items():
-        literal = repr(value) if isinstance(value, str) else str(value)
+        if isinstance(value, bool):
+            literal = "true" if value else "false"
+        else:
+            literal = repr(value) if isinstance(value, str) else str(value)
         lines.append(f"local {name} = {literal}")
     return "\n".join(lines) + "\n"

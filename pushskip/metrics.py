@@ -13,6 +13,19 @@ from pushskip import closing
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
+class OutboxMetrics:
+    """One outbox target's counters and gauges (children of labelled metrics)."""
+
+    __slots__ = ("delivered", "dropped", "oldest_age", "pending", "retried")
+
+    def __init__(self, metrics: Metrics, target: str) -> None:
+        self.delivered = metrics.outbox_delivered.labels(target)
+        self.retried = metrics.outbox_retried.labels(target)
+        self.dropped = metrics.outbox_dropped.labels(target)
+        self.pending = metrics.outbox_pending.labels(target)
+        self.oldest_age = metrics.outbox_oldest_age.labels(target)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -55,6 +68,43 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+        # The outbox (outbox.py), per target: webhook, and media providers.
+        self.outbox_delivered = Counter(
+            "pushskip_outbox_delivered", "Outbox entries delivered", ["target"], registry=r
+        )
+        self.outbox_retried = Counter(
+            "pushskip_outbox_retried",
+            "Outbox delivery attempts that failed and were scheduled again",
+            ["target"],
+            registry=r,
+        )
+        self.outbox_dropped = Counter(
+            "pushskip_outbox_dropped",
+            "Outbox entries given up: not delivered within the retry window, or beyond the "
+            "outbox's size limit",
+            ["target"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "pushskip_outbox_pending",
+            "Undelivered outbox entries in Redis (all processes)",
+            ["target"],
+            registry=r,
+        )
+        self.outbox_oldest_age = Gauge(
+            "pushskip_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered outbox entry (all processes; 0 when none)",
+            ["target"],
+            registry=r,
+        )
+        self._outbox: dict[str, OutboxMetrics] = {}
+
+    def outbox_counters(self, target: str) -> OutboxMetrics:
+        found = self._outbox.get(target)
+        if found is None:
+            found = self._outbox[target] = OutboxMetrics(self, target)
+        return found
 
     def count_close(self, reason: closing.CloseReason) -> None:
         self.closes[reason.metric].inc()

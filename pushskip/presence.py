@@ -29,6 +29,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -57,8 +58,12 @@ class Presence:
         sweep_s: float,
         cooldown_s: int,
         retention_ms: int,
+        outbox: frozenset[str] = frozenset(),
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        """`outbox` and `on_change`: as for `Store` (a gone user's match ends in the sweep)."""
         self.redis = redis
+        self._on_change = on_change
         self.grace_ms = int(grace_s * 1000)
         self.lease_s = lease_s
         self.sweep_s = sweep_s
@@ -66,10 +71,11 @@ class Presence:
         self.touch_every_s = min(TOUCH_EVERY_S, grace_s / 4)
         self.process_id = secrets.token_hex(8)
         self._lease = Script(redis, "lease", retention_ms=retention_ms)
-        self._sweep = Script(redis, "sweep", retention_ms=retention_ms)
+        self._sweep = Script(redis, "sweep", retention_ms=retention_ms, outbox=outbox)
         self._presence = Script(redis, "presence", retention_ms=retention_ms)
-        # Open sockets per local user; the users whose entry Redis has not seen yet.
+        # Open sockets per local user, and in all; the users whose entry Redis has not seen yet.
         self._sockets: dict[str, int] = {}
+        self._open = 0
         self._changed: set[str] = set()
         # The changed users whose write is on its way to Redis.
         self._writing: set[str] = set()
@@ -85,12 +91,14 @@ class Presence:
         return f"Presence(process={self.process_id!r}, users={len(self._sockets)})"
 
     def socket_opened(self, user_id: str) -> None:
+        self._open += 1
         count = self._sockets.get(user_id, 0)
         self._sockets[user_id] = count + 1
         if count == 0:
             self._mark(user_id)
 
     def socket_closed(self, user_id: str) -> None:
+        self._open -= 1
         count = self._sockets.get(user_id, 0) - 1
         if count > 0:
             self._sockets[user_id] = count
@@ -140,11 +148,13 @@ class Presence:
         await cancel_and_wait(self._tasks)
         self._changed.update(self._sockets)
         self._sockets.clear()
+        self._open = 0
         with contextlib.suppress(RedisError, OSError):
             await self._write()
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(keys.PRESENCE_PROCS, self.process_id)
                 pipe.delete(keys.presence_sockets(self.process_id))
+                pipe.hdel(keys.PRESENCE_COUNTS, self.process_id)
                 await pipe.execute()
 
     async def _write(self) -> None:
@@ -189,7 +199,9 @@ class Presence:
         while True:
             try:
                 sent_at = time.monotonic()
-                known = await self._lease(self.process_id, str(int(self.lease_s * 1000)))
+                known = await self._lease(
+                    self.process_id, str(int(self.lease_s * 1000)), str(self._open)
+                )
                 # Renewed (or made anew: then the users below are listed again, and
                 # `touch` writes for them until they are).
                 self._lease_until = sent_at + self.lease_s
@@ -214,6 +226,8 @@ class Presence:
             except (RedisError, OSError, ValueError) as exc:
                 logger.debug("presence sweep failed: %r", exc)
                 continue
+            if reply.get("ended") and self._on_change is not None:
+                self._on_change()
             if reply.get("ended") or reply.get("dequeued") or reply.get("dead"):
                 self.gone += int(reply.get("ended", 0)) + int(reply.get("dequeued", 0))
                 logger.info(

@@ -60,15 +60,16 @@ def _match(value: object) -> Match | None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EnqueueReply:
-    # limited: the client's address has too many users waiting; nothing changed.
-    status: Literal["waiting", "matched", "limited"]
+    # limited: the client's address has too many users waiting; banned: the app's
+    # backend banned the user. Nothing changed in either case.
+    status: Literal["waiting", "matched", "limited", "banned"]
     match: Match | None
 
     @classmethod
     def decode(cls, raw: str | bytes) -> EnqueueReply:
         data = _object(raw)
         status = data.get("status")
-        if status not in ("waiting", "matched", "limited"):
+        if status not in ("waiting", "matched", "limited", "banned"):
             raise ReplyError(f"enqueue status is {status!r}")
         return cls(status=status, match=_match(data.get("match")))
 
@@ -115,3 +116,73 @@ class CheckDisconnectReply:
         if reason is not None and not isinstance(reason, str):
             raise ReplyError(f"check_disconnect reason is {reason!r}")
         return cls(reason=reason)
+
+
+def _int(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ReplyError(f"{name} is {value!r:.200}, not a whole number")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerEndReply:
+    """lua/server_end_match.lua: whether a match was ended, and which."""
+
+    ended: bool
+    room: str | None = None
+    partner: str | None = None
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> ServerEndReply:
+        ended = _ended(_object(raw), "ended")
+        if ended is None:
+            return cls(ended=False)
+        return cls(True, *ended)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BanReply:
+    banned_until: int
+    ended: bool
+    room: str | None
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> BanReply:
+        data = _object(raw)
+        room = data.get("roomName")
+        return cls(_int(data, "bannedUntil"), bool(data.get("ended")), room)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserInfoReply:
+    """lua/user_info.lua: the stored match (not yet seen from the user's side)."""
+
+    stored_match: dict[str, Any] | None
+    waiting: bool
+    present: bool
+    banned_until: int | None
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> UserInfoReply:
+        data = _object(raw)
+        banned = data.get("bannedUntil")
+        return cls(
+            _match(data.get("match")),
+            bool(data.get("waiting")),
+            bool(data.get("present")),
+            _int(data, "bannedUntil") if banned is not None else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatsReply:
+    waiting: int
+    matched: int
+    sockets: int
+    processes: int
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> StatsReply:
+        data = _object(raw)
+        return cls(*(_int(data, n) for n in ("waiting", "matched", "sockets", "processes")))

@@ -17,13 +17,26 @@ import dataclasses
 import re
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from pushskip import keys
 
-SCRIPT_NAMES = ("enqueue", "skip", "leave", "check_disconnect", "touch", "session_rate")
+SCRIPT_NAMES = (
+    "enqueue",
+    "skip",
+    "leave",
+    "check_disconnect",
+    "touch",
+    "session_rate",
+    "server_end_match",
+    "ban",
+    "user_info",
+    "stats",
+)
+NO_OUTBOX: frozenset[str] = frozenset()
 _LINE = re.compile(r"user_script:(\d+)")
 
 
@@ -58,15 +71,18 @@ def _lua(file: str) -> str:
 
 
 @cache
-def source(name: str, *, retention_ms: int) -> Source:
+def source(name: str, *, retention_ms: int, outbox: frozenset[str] = NO_OUTBOX) -> Source:
     """The full text of a script: constants, shared helpers, then lua/<name>.lua."""
-    return compose(f"{name}.lua", _lua(f"{name}.lua"), retention_ms=retention_ms)
+    return compose(f"{name}.lua", _lua(f"{name}.lua"), retention_ms=retention_ms, outbox=outbox)
 
 
-def compose(file: str, body: str, *, retention_ms: int) -> Source:
-    """Constants and shared helpers, then `body` (named `file` in error messages)."""
+def compose(
+    file: str, body: str, *, retention_ms: int, outbox: frozenset[str] = NO_OUTBOX
+) -> Source:
+    """Constants and shared helpers, then `body` (named `file` in error messages). The
+    steps record outbox entries for the targets in `outbox` (outbox.py)."""
     pieces = [
-        ("keys.py (generated constants)", keys.lua_constants(retention_ms)),
+        ("keys.py (generated constants)", keys.lua_constants(retention_ms, outbox)),
         ("lib.lua", _lua("lib.lua")),
         (file, body if body.endswith("\n") else body + "\n"),
     ]
@@ -83,19 +99,24 @@ def compose(file: str, body: str, *, retention_ms: int) -> Source:
 class Script:
     """One registered script: call it with its ARGV, get its JSON reply text."""
 
-    def __init__(self, redis: Redis, name: str, *, retention_ms: int) -> None:
-        self.source = source(name, retention_ms=retention_ms)
+    def __init__(
+        self, redis: Redis, name: str, *, retention_ms: int, outbox: frozenset[str] = NO_OUTBOX
+    ) -> None:
+        self.source = source(name, retention_ms=retention_ms, outbox=outbox)
         self._script = redis.register_script(self.source.text)
 
     def __repr__(self) -> str:
         return f"Script({self.source.name!r})"
 
     async def __call__(self, *args: str) -> str:
+        return str(await self.call_raw(*args))
+
+    async def call_raw(self, *args: str) -> Any:
+        """The script's reply as Redis gave it (a list, a number...), not as text."""
         try:
-            reply = await self._script(args=list(args))
+            return await self._script(args=list(args))
         except ResponseError as exc:
             raise ScriptError(self.source.explain(str(exc))) from exc
-        return str(reply)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +127,20 @@ class Scripts:
     check_disconnect: Script
     touch: Script
     session_rate: Script
+    server_end_match: Script
+    ban: Script
+    user_info: Script
+    stats: Script
 
     @classmethod
-    def register(cls, redis: Redis, *, retention_ms: int) -> Scripts:
-        """Every script, with event logs kept `retention_ms` after their last event."""
+    def register(
+        cls, redis: Redis, *, retention_ms: int, outbox: frozenset[str] = NO_OUTBOX
+    ) -> Scripts:
+        """Every script, with event logs kept `retention_ms` after their last event, recording
+        outbox entries for the targets in `outbox`."""
         return cls(
-            **{name: Script(redis, name, retention_ms=retention_ms) for name in SCRIPT_NAMES}
+            **{
+                name: Script(redis, name, retention_ms=retention_ms, outbox=outbox)
+                for name in SCRIPT_NAMES
+            }
         )

@@ -2,7 +2,7 @@
 
 Handlers call `services(request)` (or `services(websocket)`) and get a
 `Services` whose every field is typed, so mypy checks each handler → store,
-hub or signer call. Nothing is reached through Starlette's untyped
+hub or identity call. Nothing is reached through Starlette's untyped
 `app.state` bag except this one object.
 """
 
@@ -18,7 +18,9 @@ from starlette.requests import HTTPConnection, Request
 from pushskip.auth import TokenSigner
 from pushskip.config import Settings
 from pushskip.hub import Hub
+from pushskip.identity import Identity
 from pushskip.metrics import Metrics
+from pushskip.outbox import Outbox
 from pushskip.presence import Presence
 from pushskip.ratelimit import RateLimiter
 from pushskip.store import Store
@@ -34,12 +36,16 @@ SessionVerifier = Callable[[Request], Awaitable[bool]]
 class Services:
     settings: Settings
     metrics: Metrics
+    # Mints pushskip's own session tokens (POST /api/session).
     signer: TokenSigner
+    # Says whose any accepted token is (session tokens and app JWTs alike).
+    identity: Identity
     user_limiter: RateLimiter
     redis: Redis
     store: Store
     hub: Hub
     presence: Presence
+    outbox: Outbox
     session_verifier: SessionVerifier | None = None
 
     def install(self, app: Starlette) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -22,12 +23,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pushskip import keys
 from pushskip.metrics import Metrics
 from pushskip.replies import (
+    BanReply,
     CheckDisconnectReply,
     EnqueueReply,
     LeaveReply,
     Match,
+    ServerEndReply,
     SkipReply,
     State,
+    StatsReply,
+    UserInfoReply,
 )
 from pushskip.retry import retry_read
 from pushskip.scripts import Scripts
@@ -59,6 +64,8 @@ class UserStatus:
     last_seq: int
     # The epoch of the user's event log; None while they have none.
     epoch: str | None
+    # The app's backend has banned the user (server API) for now.
+    banned: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,10 +112,15 @@ class Store:
         retention_s: int,
         max_waiting_per_address: int,
         metrics: Metrics | None = None,
+        outbox: frozenset[str] = frozenset(),
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        """`outbox`: the outbox targets (outbox.py) whose entries the steps record;
+        `on_change`: called after a step that made or ended a match (it recorded some)."""
         self.redis = redis
         self.metrics = metrics
-        self.scripts = Scripts.register(redis, retention_ms=retention_s * 1000)
+        self.scripts = Scripts.register(redis, retention_ms=retention_s * 1000, outbox=outbox)
+        self._on_change = on_change
         self.stale_s = stale_s
         self.cooldown_s = cooldown_s
         self.max_waiting = max_waiting_per_address
@@ -118,7 +130,14 @@ class Store:
         args = enqueue_args(
             me, stale_s=self.stale_s, address=address, max_waiting=self.max_waiting
         )
-        return EnqueueReply.decode(await self.scripts.enqueue(*args))
+        reply = EnqueueReply.decode(await self.scripts.enqueue(*args))
+        if reply.status == "matched":
+            self._changed()
+        return reply
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     async def skip(self, me: str, *, requeue: bool, address: str) -> SkipReply:
         started_ms = int(time.time() * 1000)
@@ -135,6 +154,7 @@ class Store:
         script_s = time.perf_counter() - t0
         reply = SkipReply.decode(raw)
         if reply.skipped:
+            self._changed()
             if self.metrics is not None:
                 self.metrics.skip_publish_seconds.observe(script_s)
             # The seed's "Monitoring" line: when the skip started, who, which room.
@@ -146,8 +166,41 @@ class Store:
         return reply
 
     async def leave(self, me: str) -> LeaveReply:
-        return LeaveReply.decode(
+        reply = LeaveReply.decode(
             await self.scripts.leave(*leave_args(me, cooldown_s=self.cooldown_s))
+        )
+        if reply.left_match:
+            self._changed()
+        return reply
+
+    async def end_match(self, user: str) -> ServerEndReply:
+        """The app's backend ends `user`'s match: both get partner-left, reason removed."""
+        reply = ServerEndReply.decode(
+            await self.scripts.server_end_match(user, str(self.cooldown_s))
+        )
+        if reply.ended:
+            self._changed()
+        return reply
+
+    async def ban(self, user: str, seconds: int) -> BanReply:
+        """Ban `user` for `seconds`: out of the queue and their match, sockets told to close."""
+        reply = BanReply.decode(
+            await self.scripts.ban(user, str(seconds * 1000), str(self.cooldown_s))
+        )
+        if reply.ended:
+            self._changed()
+        return reply
+
+    async def unban(self, user: str) -> bool:
+        """Lift `user`'s ban; whether there was one."""
+        return bool(await self.redis.delete(keys.banned(user)))
+
+    async def user_info(self, user: str) -> UserInfoReply:
+        return UserInfoReply.decode(await retry_read(lambda: self.scripts.user_info(user)))
+
+    async def stats(self) -> StatsReply:
+        return StatsReply.decode(
+            await retry_read(lambda: self.scripts.stats(str(self.stale_s * 1000)))
         )
 
     async def status(self, me: str) -> UserStatus:
@@ -159,10 +212,11 @@ class Store:
                 pipe.zscore(keys.QUEUE, me)
                 pipe.get(keys.event_seq(me))
                 pipe.get(keys.event_epoch(me))
-                raw, queued, last, epoch = await pipe.execute()
+                pipe.exists(keys.banned(me))
+                raw, queued, last, epoch, banned = await pipe.execute()
             state: State = "matched" if raw else ("waiting" if queued is not None else "idle")
             match = match_view(raw, me) if raw else None
-            return UserStatus(state, match, int(last or 0), epoch)
+            return UserStatus(state, match, int(last or 0), epoch, bool(banned))
 
         return await retry_read(read)
 

@@ -289,7 +289,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     query = scope_query(scope)
     try:
-        user_id = found.signer.verify(query.get("token"))
+        user_id = await found.identity.verify(query.get("token"))
     except InvalidToken as exc:
         await close_quietly(websocket, closing.BAD_TOKEN.because(str(exc)), found.metrics)
         return
@@ -332,6 +332,9 @@ async def serve(
         status = await found.store.status(sub.user_id)
     except RedisError:
         await close_quietly(websocket, closing.REDIS_UNAVAILABLE, found.metrics)
+        return
+    if status.banned:
+        await close_quietly(websocket, closing.BANNED, found.metrics)
         return
     # A client of another epoch, or one ahead of the log (Redis rolled it back,
     # or an old client without epochs outlived a lost log), gets the whole log.

@@ -41,6 +41,20 @@
 // where it stands (`err.reconciled` resolves once it has). A reply that comes
 // after its action was given up is ignored.
 //
+// Your app's own users (option getToken): an async function that returns a
+// token your backend signed for its user (a JWT whose `sub` is the user id;
+// see the README, "Use it from your app"). The client then never calls
+// POST /api/session: it calls getToken() at start(), and again whenever the
+// server says the token is no longer good (an HTTP 401 or a socket closed
+// 4401, e.g. it expired), retrying once with the new token before it gives
+// up (a PushskipError with status 401, and an 'auth-failed' event). The user
+// id is the token's `sub`, and hello's userId. A token of another user than
+// before starts the event bookkeeping afresh, as a new session does.
+//
+// Bans: a socket closed 4403 with reason 'banned' (the app's backend banned
+// the user) stops the client and emits 'banned'; enqueue() answers 403 while
+// the ban lasts.
+//
 // State: 'idle' | 'waiting' | 'matched'. A snapshot (status call or hello)
 // describes the state after every event up to its lastSeq; events above it
 // change the state, events at or below it are only delivered. An action's
@@ -101,6 +115,8 @@ const DEFAULTS = {
   // Leave by beacon when the page goes away: 'auto' (only without a storage:
   // a reload can resume a stored session), true (even with one), false (never).
   leaveOnPageHide: 'auto',
+  // async () => token: your backend's token for your user, instead of POST /api/session.
+  getToken: null,
 };
 
 const EVENT_TYPES = ['matched', 'partner-skipped', 'partner-left'];
@@ -115,6 +131,19 @@ export class PushskipError extends Error {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The `sub` of a JWT (not verified: the server does that), or null for any other token. */
+export function tokenSubject(token) {
+  const parts = typeof token === 'string' ? token.split('.') : [];
+  if (parts.length !== 3 || !parts[0].startsWith('eyJ')) return null;
+  try {
+    const json = atob(parts[1].replace(/-/g, '+').replace(/_/g, '/'));
+    const claims = JSON.parse(json);
+    return typeof claims.sub === 'string' ? claims.sub : null;
+  } catch {
+    return null;
+  }
+}
 const roomOf = (match) => (match ? match.roomName : null);
 
 export class PushskipClient {
@@ -176,6 +205,7 @@ export class PushskipClient {
     this._startPromise = null;
     this._stopped = false;
     this._pageLeaveSent = false; // the pagehide leave goes once per page
+    this._socketAuthFailures = 0; // sockets closed 4401 since the last hello
     this._pending = new Map(); // socket action id -> { resolve, reject, sentAt, name, timer }
     this._actionCount = 0;
     this._load();
@@ -227,7 +257,8 @@ export class PushskipClient {
     this._stopped = false;
     this._watchPageHide(true);
     this._startPromise = (async () => {
-      if (!this.token) await this._newSession(false);
+      if (this.options.getToken) await this._takeAppToken(false);
+      else if (!this.token) await this._newSession(false);
       else this._emit('session', { userId: this.userId, renewed: false, resumed: true });
       await this.refresh(); // a 401 here (expired token) makes a new session
       this.started = true;
@@ -529,6 +560,7 @@ export class PushskipClient {
         await this._renewSession(token, message);
         continue;
       }
+      if (status === 401) this._emit('auth-failed', { status, message, via: 'socket' });
       const retryable = status === 429 || status === 503 || (status >= 500 && idempotent);
       if (retryable && attempt < retries) {
         const wait = this._backoff(attempt);
@@ -761,6 +793,7 @@ export class PushskipClient {
         await this._renewSession(token, message);
         continue;
       }
+      if (status === 401 && auth) this._emit('auth-failed', { status, message, via: 'http' });
       const retryable = status === 429 || status === 503 || (status >= 500 && idempotent);
       if (retryable && attempt < retries) {
         const wait = this._retryAfter(response) ?? this._backoff(attempt);
@@ -831,10 +864,44 @@ export class PushskipClient {
   _renewSession(staleToken, why) {
     if (this._renewing) return this._renewing;
     if (staleToken !== this.token) return Promise.resolve();
-    this._renewing = this._newSession(true, why).finally(() => {
+    const renewal = this.options.getToken ? this._takeAppToken(true, why) : this._newSession(true, why);
+    this._renewing = renewal.finally(() => {
       this._renewing = null;
     });
     return this._renewing;
+  }
+
+  /** Asks the app for its token (option getToken). A token for another user than before
+   *  starts the bookkeeping afresh, as a new session does. */
+  async _takeAppToken(renewed, why = '') {
+    let token;
+    try {
+      token = await this.options.getToken();
+    } catch (err) {
+      throw new PushskipError(401, `getToken() failed: ${err?.message ?? err}`);
+    }
+    if (typeof token !== 'string' || !token) throw new PushskipError(401, 'getToken() gave no token');
+    const userId = tokenSubject(token);
+    const previous = this.userId;
+    const otherUser = userId !== null && previous !== null && userId !== previous;
+    this.token = token;
+    if (userId !== null) this.userId = userId;
+    if (otherUser || (previous === null && userId === null)) {
+      this.lastSeq = 0;
+      this.epoch = null;
+      this._snapshotSeq = 0;
+      this._snapshotEpoch = null;
+    }
+    this.stats.sessions++;
+    this._save();
+    if (renewed) this._log(`token renewed by getToken() (${why})`, 'warn');
+    this._emit('session', { userId: this.userId, previous, renewed, resumed: !otherUser && previous !== null });
+    if (renewed && otherUser) {
+      this._stateVersion++;
+      this._setState('idle', null, 'session');
+    }
+    if (renewed && this._ws) this._dropSocket('new token');
+    if (renewed && this.started) this._connect();
   }
 
   _load() {
@@ -928,9 +995,14 @@ export class PushskipClient {
       if (!this._wsReady) {
         this._wsReady = true;
         this._wsAttempt = 0;
+        this._socketAuthFailures = 0;
         this._stopPolling();
         this._setTransport('websocket');
         this._startHeartbeat();
+      }
+      if (typeof message.userId === 'string' && this.userId !== message.userId) {
+        this.userId = message.userId;
+        this._save();
       }
       if (Number.isInteger(message.pollIntervalMs) && message.pollIntervalMs > 0) {
         this.pollIntervalMs = message.pollIntervalMs;
@@ -964,7 +1036,20 @@ export class PushskipClient {
     this._setTransport('polling', reason || String(code ?? ''));
     this._startPolling(true);
     if (code === 4401) {
-      this._renewSession(this.token, 'socket: bad token').catch(() => this._scheduleReconnect());
+      if (++this._socketAuthFailures > 1) {
+        // The token it was given after the last 4401 is refused too: give up the socket.
+        this._log('socket: the renewed token is refused too; polling only', 'warn');
+        this._emit('auth-failed', { status: 4401, message: reason, via: 'socket' });
+        return;
+      }
+      this._renewSession(this.token, 'socket: bad token').catch((err) => {
+        this._emit('auth-failed', { status: 4401, message: err.message, via: 'socket' });
+        this._scheduleReconnect();
+      });
+    } else if (code === 4403 && reason === 'banned') {
+      this._log('the app banned this user: stopping', 'warn');
+      this.stop();
+      this._emit('banned', { reason });
     } else if (code === 4403) {
       this._log('this origin may not open the socket: polling only', 'warn');
     } else if (this.socketEnabled) {

@@ -127,6 +127,15 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
     polling = report["capacity"]["polling"]["rows"][0]
     assert polling["polls_per_s"] > 0 and polling["redis_commands_per_poll"] > 0
 
+    # Integrations: the same skips with webhooks off, on and unreachable, in one run.
+    integ = report["integrations"]["summary"]
+    assert set(integ) == {"off", "webhooks", "webhooks-down"}
+    for name, item in integ.items():
+        sane_latency(item["latency_ms"])
+        assert item["app_cpu_ms_per_skip"] > 0, name
+    assert integ["webhooks"]["p50_ratio"] > 0
+    assert report["integrations"]["receiver"]["requests"] > 0
+
     # Targets are all evaluated, and the Markdown and plots were written next to the JSON.
     assert {t["id"] for t in report["targets"]} >= {
         "push_p50",
@@ -146,6 +155,7 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         "## Floors",
         "## Saturation",
         "## Capacity",
+        "## Integrations",
         "## Targets",
         "app CPU ms/skip",
         "serve --workers 2",

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from pushskip import keys
 from pushskip.embedded import EmbeddedRedis
+from tests.app_backend import APP_JWT_SECRET, hs256_token
 from tests.helpers import app_process
 
 try:
@@ -1413,3 +1414,148 @@ async def test_client_socket_actions_unit(browser: Browser, base: str) -> None:
     forced = out["forced"]
     assert (forced["via"], forced["socketSends"], forced["posts"]) == ("http", 0, 1), forced
     assert forced["stats"]["actionsViaHttp"] == 1 and forced["stats"]["actionsViaSocket"] == 0
+
+
+# --- your app's own users: getToken, 401 / 4401 renewal, bans ------------------------------
+
+APP_USERS_API_KEY = "browser-test-api-key"
+
+
+@pytest.fixture(scope="module")
+def app_users_server(redis_server: EmbeddedRedis, chromium_executable: str) -> Iterator[str]:
+    """A `pushskip serve` that takes the app's HS256 JWTs and has the server API on."""
+    env = {"PUSHSKIP_JWT_SECRET": APP_JWT_SECRET, "PUSHSKIP_API_KEY": APP_USERS_API_KEY}
+    with app_process(redis_server.url, **env) as (url, _proc):
+        yield url
+
+
+APP_TOKENS_JS = """
+async ([tokens, wsPlan]) => {
+  const { PushskipClient } = await import('/pushskip.js');
+  const handed = { alice: [], bob: [] };
+  const queues = { alice: [...tokens.alice], bob: [...tokens.bob] };
+  const getToken = (who) => async () => {
+    const next = queues[who].length > 1 ? queues[who].shift() : queues[who][0];
+    handed[who].push(next);
+    return next;
+  };
+  const seen = { alice: [], bob: [] };
+  const make = (who) => {
+    const c = new PushskipClient({ getToken: getToken(who), autoRequeue: false });
+    c.on('event', (e, meta) => seen[who].push([e.type, meta.via]));
+    return c;
+  };
+  const alice = make('alice');
+  const bob = make('bob');
+  const bobDone = { banned: null, failed: [] };
+  bob.on('banned', (info) => { bobDone.banned = info.reason; });
+  bob.on('auth-failed', (f) => bobDone.failed.push(f.status));
+  window.__appClients = { alice, bob, bobDone };
+  await alice.start();
+  await bob.start();
+  const until = async (check, ms = 8000) => {
+    const end = Date.now() + ms;
+    while (!check()) {
+      if (Date.now() > end) throw new Error('timed out');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  await until(() => alice.transport === 'websocket' && bob.transport === 'websocket');
+  await alice.enqueue();
+  const matched = await bob.enqueue();
+  await until(() => alice.state === 'matched');
+  const skipped = await alice.skip({ requeue: false });
+  await until(() => seen.bob.some(([t]) => t === 'partner-skipped'));
+  return {
+    handed, seen,
+    users: [alice.userId, bob.userId],
+    matchedWith: matched.match && matched.match.partnerId,
+    skipVia: skipped.via,
+    states: [alice.state, bob.state],
+    sessions: [alice.stats.sessions, bob.stats.sessions],
+  };
+}
+"""
+
+
+async def test_app_users_log_in_with_get_token_and_renew_on_401_and_4401(
+    browser: Browser, app_users_server: str, redis: Redis
+) -> None:
+    """Two app users get in with getToken() (no POST /api/session): alice's first token is
+    expired (401: getToken is asked again), bob's first socket is closed 4401 (a new token,
+    and a reconnect); then they match and alice's skip reaches bob over his socket."""
+    sockets: list[str] = []
+    now = int(time.time())
+    tokens = {
+        "alice": [hs256_token("app-alice", exp=now - 3600), hs256_token("app-alice")],
+        "bob": [hs256_token("app-bob", iat=now - 1), hs256_token("app-bob")],
+    }
+
+    async def plan(route: WebSocketRoute) -> None:
+        sockets.append(route.url)
+        if tokens["bob"][0] in route.url:  # bob's first socket: as if his token had expired
+            await route.close(code=4401, reason="Token expired")
+        else:
+            route.connect_to_server()
+
+    sessions: list[str] = []
+
+    async def setup(page: Page) -> None:
+        await page.route_web_socket("**/ws?*", plan)
+        page.on("request", lambda r: sessions.append(r.url) if "/api/session" in r.url else None)
+
+    async with demo_page(
+        browser, app_users_server + "/?panes=1", setup=setup, http_errors_expected=True
+    ) as page:
+        out = await page.evaluate(APP_TOKENS_JS, [tokens, None])
+    assert out["users"] == ["app-alice", "app-bob"]
+    assert out["handed"]["alice"] == tokens["alice"]  # asked again after the 401
+    assert out["handed"]["bob"] == tokens["bob"]  # asked again after the 4401
+    assert out["matchedWith"] == "app-alice"
+    assert out["skipVia"] == "socket"
+    assert ["partner-skipped", "websocket"] in out["seen"]["bob"]
+    assert out["states"] == ["idle", "idle"]
+    bobs = [url for url in sockets if tokens["bob"][0] in url]
+    assert len(bobs) == 1, sockets
+    assert any(tokens["bob"][1] in url for url in sockets)
+    # The demo's own pane may make a session; the app clients never do.
+    assert not any("app-" in url for url in sessions)
+
+
+async def test_a_ban_stops_the_client_and_says_so(
+    browser: Browser, app_users_server: str, redis: Redis
+) -> None:
+    """The app's backend bans a user: their socket closes 4403 'banned', the client stops
+    and emits 'banned'; the partner's client learns partner-left with reason removed."""
+    tokens = {"alice": [hs256_token("ban-alice")], "bob": [hs256_token("ban-bob")]}
+    async with demo_page(browser, app_users_server + "/?panes=1") as page:
+        await page.evaluate(
+            """async ([tokens]) => {
+              const { PushskipClient } = await import('/pushskip.js');
+              const out = { banned: null, left: null };
+              const alice = new PushskipClient({ getToken: async () => tokens.alice[0] });
+              const bob = new PushskipClient({ getToken: async () => tokens.bob[0],
+                                               autoRequeue: false });
+              alice.on('banned', (i) => { out.banned = i.reason; });
+              bob.on('partner-left', (e) => { out.left = e.reason; });
+              window.__ban = { alice, bob, out };
+              await alice.start(); await bob.start();
+              await alice.enqueue(); await bob.enqueue();
+            }""",
+            [tokens],
+        )
+        await page.wait_for_function("window.__ban.alice.state === 'matched'")
+        async with httpx.AsyncClient(base_url=app_users_server) as http:
+            response = await http.post(
+                "/api/server/ban",
+                json={"userId": "ban-alice", "seconds": 60},
+                headers={"Authorization": f"apikey {APP_USERS_API_KEY}"},
+            )
+            assert response.status_code == 200, response.text
+        await page.wait_for_function("window.__ban.out.banned !== null && window.__ban.out.left")
+        out = await page.evaluate(
+            "({out: window.__ban.out, started: window.__ban.alice.started,"
+            " transport: window.__ban.alice.transport})"
+        )
+    assert out["out"] == {"banned": "banned", "left": "removed"}
+    assert out["started"] is False and out["transport"] == "offline"

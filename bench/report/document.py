@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report.cost_sections import capacity_section, micro_section
+from bench.report.integration_sections import integrations_section
 from bench.report.latency_sections import (
     floors_section,
     latency_section,
@@ -31,6 +32,7 @@ def markdown(results: dict[str, Any], json_rel: Path, pngs: dict[str, Path], not
     out += floors_section(results)
     out += saturation_section(results, pngs)
     out += profile_section(results)
+    out += integrations_section(results)
     out += capacity_section(results, pngs)
     out += micro_section(results)
     out += _tail(results, notes)

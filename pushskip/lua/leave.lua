@@ -6,6 +6,6 @@
 -- {left = true, roomName = room, partnerId = other}.
 local me, cooldown = ARGV[1], tonumber(ARGV[2])
 dequeue(me)
-local room, other = leave_match(me, 'left', cooldown)
+local room, other = leave_match(me, 'left', cooldown, me)
 if not room then return cjson.encode({left = false}) end
 return cjson.encode({left = true, roomName = room, partnerId = other})

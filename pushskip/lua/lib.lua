@@ -68,6 +68,21 @@ local function append_event(user, ev, now)
   return seq
 end
 
+-- Records an entry of the outbox of `target` (outbox.py), in the step that makes
+-- the change it reports: any process delivers it afterwards, at least once.
+-- `after`: the id of an entry of the same target that must be delivered first.
+local function record_outbox(target, id, entry, now, after)
+  local prefix = K_OUTBOX .. target .. ':'
+  entry.after = after
+  redis.call('HSET', prefix .. 'entries', id, cjson.encode(entry))
+  redis.call('ZADD', prefix .. 'due', now, id)
+  redis.call('ZADD', prefix .. 'recorded', now, id)
+end
+
+local function webhook_id(room, kind)
+  return 'msg_' .. room .. '_' .. kind
+end
+
 local function dequeue(user)
   redis.call('ZREM', K_QUEUE, user)
   redis.call('ZREM', K_QUEUE_SEEN, user)
@@ -110,8 +125,13 @@ local function make_pair(a, b, room, now)
   local stored = cjson.encode(m)
   redis.call('SET', K_MATCH .. a, stored, 'EX', MATCH_TTL)
   redis.call('SET', K_MATCH .. b, stored, 'EX', MATCH_TTL)
+  redis.call('ZADD', K_ROOMS, now, room)
   dequeue(a)
   dequeue(b)
+  if OUTBOX_WEBHOOK then
+    record_outbox('webhook', webhook_id(room, 'created'), {type = 'match.created', at = now,
+      data = {roomName = room, users = {a, b}, matchedAt = now}}, now)
+  end
   append_event(a, {type = 'matched', match = match_view(m, a)}, now)
   append_event(b, {type = 'matched', match = match_view(m, b)}, now)
   return m
@@ -165,9 +185,10 @@ local function pair_earliest(room, now, stale_ms)
 end
 
 -- `me` joins the queue (see join_queue), then the two earliest waiting users
--- that may meet are paired, `me` or not. Returns 'limited' (nothing written),
--- me's match view when `me` was paired, or nil when `me` waits.
+-- that may meet are paired, `me` or not. Returns 'banned' or 'limited'
+-- (nothing written), me's match view when `me` was paired, or nil when `me` waits.
 local function enqueue_and_pair(me, room, now, stale_ms, address, max_waiting)
+  if redis.call('EXISTS', K_BANNED .. me) == 1 then return 'banned' end
   if not join_queue(me, now, address, max_waiting) then return 'limited' end
   local m = pair_earliest(room, now, stale_ms)
   if m and (m.user1 == me or m.user2 == me) then return match_view(m, me) end
@@ -175,9 +196,11 @@ local function enqueue_and_pair(me, room, now, stale_ms, address, max_waiting)
 end
 
 -- Ends the match `me` is in, if any: deletes match:{me} and, only when it
--- still names the same room, match:{other} (compare-and-delete). Returns the
--- room and the partner, or nil when `me` has no match.
-local function end_match(me)
+-- still names the same room, match:{other} (compare-and-delete), and records
+-- match.ended (`reason`; `ended_by`: a user id, or nil when the app's backend
+-- ended it) in the outbox. Returns the room and the partner, or nil when `me`
+-- has no match.
+local function end_match(me, reason, ended_by, now)
   local raw = redis.call('GET', K_MATCH .. me)
   if not raw then return nil end
   local m = cjson.decode(raw)
@@ -188,6 +211,13 @@ local function end_match(me)
   if other_raw and cjson.decode(other_raw).roomName == m.roomName then
     redis.call('DEL', K_MATCH .. other)
   end
+  redis.call('ZREM', K_ROOMS, m.roomName)
+  if OUTBOX_WEBHOOK then
+    record_outbox('webhook', webhook_id(m.roomName, 'ended'), {type = 'match.ended', at = now,
+      data = {roomName = m.roomName, users = {m.user1, m.user2},
+              endedBy = ended_by or cjson.null, reason = reason}},
+      now, webhook_id(m.roomName, 'created'))
+  end
   return m.roomName, other
 end
 
@@ -195,8 +225,8 @@ end
 -- disconnect flags for the partner and the room, the pair's rematch cooldown,
 -- and partner-left (with `reason`) in the partner's log. Returns the room and
 -- the partner, or nil when `me` has no match.
-local function leave_match(me, reason, cooldown)
-  local room, other = end_match(me)
+local function leave_match(me, reason, cooldown, ended_by)
+  local room, other = end_match(me, reason, ended_by, now_ms())
   if not room then return nil end
   redis.call('SET', K_ROOM_DELETED .. room, 'true', 'EX', ROOM_DELETED_TTL)
   redis.call('SET', K_FORCE_DISCONNECT .. other, room, 'EX', FORCE_DISCONNECT_TTL)

@@ -11,9 +11,9 @@
 local me, requeue, new_room = ARGV[1], ARGV[2] == '1', ARGV[3]
 local stale_ms, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
 local address, max_waiting = ARGV[6], tonumber(ARGV[7])
-local room, other = end_match(me)
-if not room then return cjson.encode({skipped = false}) end
 local now = now_ms()
+local room, other = end_match(me, 'skipped', me, now)
+if not room then return cjson.encode({skipped = false}) end
 redis.call('SET', K_PRE_SKIP .. me, room, 'EX', PRE_SKIP_TTL)
 redis.call('SET', K_SKIP_IN_PROGRESS .. me, room, 'EX', SKIP_IN_PROGRESS_TTL)
 redis.call('SET', K_SKIP_IN_PROGRESS .. other, room, 'EX', SKIP_IN_PROGRESS_TTL)
@@ -27,7 +27,7 @@ append_event(other, {type = 'partner-skipped', roomName = room, skippedBy = me},
 local reply = {skipped = true, roomName = room, partnerId = other, status = 'idle'}
 if requeue then
   local m = enqueue_and_pair(me, new_room, now, stale_ms, address, max_waiting)
-  if m == 'limited' then
+  if m == 'limited' or m == 'banned' then
     reply.status = 'idle'
   else
     reply.match = m

@@ -19,6 +19,7 @@ for i = 1, #dead, 2 do
   end
   redis.call('DEL', K_PRESENCE_SOCKETS .. proc)
   redis.call('ZREM', K_PRESENCE_PROCS, proc)
+  redis.call('HDEL', K_PRESENCE_COUNTS, proc)
 end
 if #dead > 0 then redis.call('PEXPIRE', K_PRESENCE_DEADLINES, PRESENCE_KEEP_MS) end
 local live = redis.call('ZRANGEBYSCORE', K_PRESENCE_PROCS, '(' .. now, '+inf')
@@ -34,7 +35,7 @@ for _, user in ipairs(due) do
     end
   end
   if not present then
-    if leave_match(user, 'disconnected', cooldown) then
+    if leave_match(user, 'disconnected', cooldown, user) then
       ended = ended + 1
     elseif redis.call('ZSCORE', K_QUEUE, user) then
       dequeue(user)

@@ -1,0 +1,147 @@
+"""The `integrations` phase: what fitting into an app's backend costs the skip path.
+
+Skip -> partner notified (over the socket) with the same load against app
+processes that differ only in their integrations, in one run, the
+configurations interleaved round by round so machine noise hits them alike:
+
+- `off`: no webhooks;
+- `webhooks`: every match.created / match.ended POSTed to a receiver
+  (`bench.receiver`, answering 204 at once);
+- `webhooks-down`: the same, with nothing listening at the URL (every
+  delivery refused, retried with backoff, the outbox growing).
+
+Each configuration has its own Redis database (an outbox is per database, and
+the apps must not deliver each other's entries) on the bench's Redis server.
+Reported: p50/p99 (all rounds pooled), their ratio to `off`, the app's CPU per
+skip cycle, and how many webhooks the receiver got.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from bench.harness import Bench
+from bench.httpc import HttpPool
+from bench.latency import Scenario
+from bench.procs import ServerProcess, free_port
+from bench.stats import summarize
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+WEBHOOK = frozenset({"webhook"})
+
+
+def with_db(url: str, db: int) -> str:
+    """The Redis URL of database `db` on the same server (unix:// or redis://)."""
+    if url.startswith("unix://"):
+        return url.split("?", 1)[0] + f"?db={db}"
+    head, _, _ = url.rpartition("/")
+    return f"{head}/{db}"
+
+
+async def phase_integrations(bench: Bench, results: dict[str, Any]) -> None:
+    if bench.args.url or bench.redis_url is None:
+        results["integrations"] = {"skipped": "needs the apps the bench starts (no --url)"}
+        return
+    cfg = bench.cfg
+    receiver = ServerProcess(
+        "receiver",
+        [sys.executable, "-m", "bench.receiver", "--port", "{port}"],
+        bench.child_env(),
+        bench.workdir,
+        health_path="/count",
+    )
+    await receiver.start()
+    bench.apps.append(receiver)  # stopped with the others
+    hooks = {"PUSHSKIP_WEBHOOK_SECRET": WEBHOOK_SECRET, "PUSHSKIP_WEBHOOK_BACKOFF_MAX_S": "30"}
+    configs: list[tuple[str, frozenset[str], dict[str, str]]] = [
+        ("off", frozenset(), {}),
+        ("webhooks", WEBHOOK, {**hooks, "PUSHSKIP_WEBHOOK_URL": receiver.base + "/hooks"}),
+        (
+            "webhooks-down",
+            WEBHOOK,
+            {**hooks, "PUSHSKIP_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hooks"},
+        ),
+    ]
+    apps: dict[str, tuple[Any, str, frozenset[str]]] = {}
+    for db, (name, outbox, env) in enumerate(configs, start=1):
+        url = with_db(bench.redis_url, db)
+        app = await bench.start_app(f"app-{name}", env={**env, "REDIS_URL": url})
+        apps[name] = (app, url, outbox)
+    pooled: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    runs: list[dict[str, Any]] = []
+    order = [name for name, _, _ in configs]
+    total = cfg.integration_rounds * len(order)
+    task = bench.ui.task("integrations: skip -> notified, webhooks on / off", total=total)
+    for round_ in range(cfg.integration_rounds):
+        for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
+            app, url, outbox = apps[name]
+            sc = Scenario(
+                bench,
+                name=f"{name}-r{round_ + 1}",
+                base=app.base,
+                ws_url=app.ws_url,
+                pairs=cfg.integration_pairs,
+                transport="ws",
+                app_pid=app.pid,
+                seed=round_ + 7,
+                skip_via="ws",
+                redis_url=url,
+                outbox=outbox,
+            )
+            await sc.setup()
+            try:
+                result = await sc.run(
+                    cfg.latency_rate, cfg.latency_warmup_s, cfg.integration_duration_s
+                )
+            finally:
+                await sc.teardown()
+            latencies = result.pop("_latencies", [])
+            pooled[name].extend(latencies)
+            runs.append(
+                {
+                    "config": name,
+                    "round": round_ + 1,
+                    "latency_ms": result["latency_ms"],
+                    "lost": result["lost"],
+                    "errors": result["errors"],
+                    "app_cpu_ms_per_skip": result["app_cpu_ms_per_skip"],
+                    "skips_answered": result["skips_answered"],
+                }
+            )
+            lat = result["latency_ms"]
+            bench.ui.log(
+                f"  {name} round {round_ + 1}: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
+                f"app CPU {result['app_cpu_ms_per_skip']} ms/skip"
+            )
+            bench.ui.update(task, advance=1)
+    summary: dict[str, Any] = {}
+    for name in order:
+        lat = summarize(pooled[name])
+        cpu = [r["app_cpu_ms_per_skip"] for r in runs if r["config"] == name]
+        summary[name] = {
+            "latency_ms": lat,
+            "app_cpu_ms_per_skip": round(sum(c for c in cpu if c) / max(1, len(cpu)), 3),
+        }
+    base_lat = summary["off"]["latency_ms"]
+    for name in order[1:]:
+        lat = summary[name]["latency_ms"]
+        for q in ("p50", "p99"):
+            if base_lat.get(q) and lat.get(q):
+                summary[name][f"{q}_ratio"] = round(lat[q] / base_lat[q], 3)
+    pool = HttpPool(receiver.base, size=1)
+    try:
+        _, body = await pool.request("GET", "/count")
+        received = json.loads(body)
+    finally:
+        pool.close()
+    results["integrations"] = {
+        "rate": cfg.latency_rate,
+        "pairs": cfg.integration_pairs,
+        "rounds": cfg.integration_rounds,
+        "duration_s": cfg.integration_duration_s,
+        "summary": summary,
+        "runs": runs,
+        "receiver": received,
+    }

@@ -1,0 +1,72 @@
+"""The Markdown section on integrations: skip -> notified with webhooks (and media rooms)
+on and off, in one run (`bench.integrations`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report.tables import table
+
+ABOUT = {
+    "off": "no webhooks",
+    "webhooks": "webhooks to a receiver that answers 204",
+    "webhooks-down": "webhooks to a URL where nothing listens (every delivery refused, retried)",
+}
+
+
+def integrations_section(results: dict[str, Any]) -> list[str]:
+    """## Integrations: what webhooks cost the skip path."""
+    found = results.get("integrations")
+    if not found or "summary" not in found:
+        return []
+    out: list[str] = []
+    w = out.append
+    w("## Integrations: skip → notified with webhooks on and off\n")
+    w(
+        f"{found['pairs']} pairs, skips over the skipper's socket at {found['rate']:g}/s, "
+        f"{found['rounds']} round(s) of {found['duration_s']:g} s per configuration, the "
+        "configurations interleaved round by round (one app process each, its own Redis "
+        "database); latencies pooled over the rounds. Ratios are to `off` in the same run; "
+        "the target is within 10% (p50 and p99).\n"
+    )
+    rows = []
+    for name, item in found["summary"].items():
+        lat = item["latency_ms"]
+        rows.append(
+            [
+                f"`{name}`",
+                ABOUT.get(name, name),
+                lat.get("n"),
+                lat.get("p50"),
+                lat.get("p99"),
+                _ratio(item.get("p50_ratio")),
+                _ratio(item.get("p99_ratio")),
+                item.get("app_cpu_ms_per_skip"),
+            ]
+        )
+    w(
+        table(
+            [
+                "config",
+                "what",
+                "skips",
+                "p50 ms",
+                "p99 ms",
+                "p50 / off",
+                "p99 / off",
+                "app CPU ms/skip",
+            ],
+            rows,
+        )
+        + "\n"
+    )
+    received = found.get("receiver") or {}
+    w(
+        f"The receiver got {received.get('requests', '–')} webhook requests "
+        f"({received.get('unique', '–')} distinct ids) during the `webhooks` runs.\n"
+    )
+    return out
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
