@@ -8,7 +8,11 @@ configurations interleaved round by round so machine noise hits them alike:
 - `webhooks`: every match.created / match.ended POSTed to a receiver
   (`bench.receiver`, answering 204 at once);
 - `webhooks-down`: the same, with nothing listening at the URL (every
-  delivery refused, retried with backoff, the outbox growing).
+  delivery refused, retried with backoff, the outbox growing);
+- `livekit-slow`: LiveKit configured, against the stand-in LiveKit server
+  (`bench.livekit_standin`) answering each DeleteRoom after 2 s: every match
+  sent to a user carries a freshly minted token, every ended match's room is
+  deleted.
 
 Each configuration has its own Redis database (an outbox is per database, and
 the apps must not deliver each other's entries) on the bench's Redis server.
@@ -30,6 +34,8 @@ from bench.stats import summarize
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 WEBHOOK = frozenset({"webhook"})
+LIVEKIT = frozenset({"livekit"})
+LIVEKIT_DELAY_S = 2.0
 
 
 def with_db(url: str, db: int) -> str:
@@ -54,7 +60,24 @@ async def phase_integrations(bench: Bench, results: dict[str, Any]) -> None:
     )
     await receiver.start()
     bench.apps.append(receiver)  # stopped with the others
-    hooks = {"PUSHSKIP_WEBHOOK_SECRET": WEBHOOK_SECRET, "PUSHSKIP_WEBHOOK_BACKOFF_MAX_S": "30"}
+    from bench.livekit_standin import API_KEY, API_SECRET
+
+    standin_args = ["--port", "{port}", "--delay", str(LIVEKIT_DELAY_S)]
+    standin = ServerProcess(
+        "livekit-standin",
+        [sys.executable, "-m", "bench.livekit_standin", *standin_args],
+        bench.child_env(),
+        bench.workdir,
+        health_path="/count",
+    )
+    await standin.start()
+    bench.apps.append(standin)
+    livekit = {
+        "LIVEKIT_URL": standin.base,
+        "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET,
+    }
+    hooks = {"PUSHSKIP_WEBHOOK_SECRET": WEBHOOK_SECRET, "PUSHSKIP_OUTBOX_BACKOFF_MAX_S": "30"}
     configs: list[tuple[str, frozenset[str], dict[str, str]]] = [
         ("off", frozenset(), {}),
         ("webhooks", WEBHOOK, {**hooks, "PUSHSKIP_WEBHOOK_URL": receiver.base + "/hooks"}),
@@ -63,12 +86,18 @@ async def phase_integrations(bench: Bench, results: dict[str, Any]) -> None:
             WEBHOOK,
             {**hooks, "PUSHSKIP_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hooks"},
         ),
+        ("livekit-slow", LIVEKIT, livekit),
     ]
     apps: dict[str, tuple[Any, str, frozenset[str]]] = {}
     for db, (name, outbox, env) in enumerate(configs, start=1):
         url = with_db(bench.redis_url, db)
         app = await bench.start_app(f"app-{name}", env={**env, "REDIS_URL": url})
         apps[name] = (app, url, outbox)
+    if not cfg.quick:
+        # One unmeasured run per app first: its first connections, script loads and the
+        # first delivery bursts are start-up costs, not what a configuration costs.
+        for name, _, _ in configs:
+            await _run(bench, apps[name], f"{name}-warmup", seed=0, duration_s=3.0)
     pooled: dict[str, list[float]] = {name: [] for name, _, _ in configs}
     runs: list[dict[str, Any]] = []
     order = [name for name, _, _ in configs]
@@ -76,27 +105,13 @@ async def phase_integrations(bench: Bench, results: dict[str, Any]) -> None:
     task = bench.ui.task("integrations: skip -> notified, webhooks on / off", total=total)
     for round_ in range(cfg.integration_rounds):
         for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
-            app, url, outbox = apps[name]
-            sc = Scenario(
+            result = await _run(
                 bench,
-                name=f"{name}-r{round_ + 1}",
-                base=app.base,
-                ws_url=app.ws_url,
-                pairs=cfg.integration_pairs,
-                transport="ws",
-                app_pid=app.pid,
+                apps[name],
+                f"{name}-r{round_ + 1}",
                 seed=round_ + 7,
-                skip_via="ws",
-                redis_url=url,
-                outbox=outbox,
+                duration_s=cfg.integration_duration_s,
             )
-            await sc.setup()
-            try:
-                result = await sc.run(
-                    cfg.latency_rate, cfg.latency_warmup_s, cfg.integration_duration_s
-                )
-            finally:
-                await sc.teardown()
             latencies = result.pop("_latencies", [])
             pooled[name].extend(latencies)
             runs.append(
@@ -130,12 +145,8 @@ async def phase_integrations(bench: Bench, results: dict[str, Any]) -> None:
         for q in ("p50", "p99"):
             if base_lat.get(q) and lat.get(q):
                 summary[name][f"{q}_ratio"] = round(lat[q] / base_lat[q], 3)
-    pool = HttpPool(receiver.base, size=1)
-    try:
-        _, body = await pool.request("GET", "/count")
-        received = json.loads(body)
-    finally:
-        pool.close()
+    received = await _count(receiver.base)
+    deletions = await _count(standin.base)
     results["integrations"] = {
         "rate": cfg.latency_rate,
         "pairs": cfg.integration_pairs,
@@ -144,4 +155,46 @@ async def phase_integrations(bench: Bench, results: dict[str, Any]) -> None:
         "summary": summary,
         "runs": runs,
         "receiver": received,
+        "livekit": {"delay_s": LIVEKIT_DELAY_S, **deletions},
     }
+
+
+async def _run(
+    bench: Bench,
+    app: tuple[Any, str, frozenset[str]],
+    name: str,
+    *,
+    seed: int,
+    duration_s: float,
+) -> dict[str, Any]:
+    """One latency run against one configuration's app."""
+    process, url, outbox = app
+    cfg = bench.cfg
+    sc = Scenario(
+        bench,
+        name=name,
+        base=process.base,
+        ws_url=process.ws_url,
+        pairs=cfg.integration_pairs,
+        transport="ws",
+        app_pid=process.pid,
+        seed=seed,
+        skip_via="ws",
+        redis_url=url,
+        outbox=outbox,
+    )
+    await sc.setup()
+    try:
+        return await sc.run(cfg.latency_rate, cfg.latency_warmup_s, duration_s)
+    finally:
+        await sc.teardown()
+
+
+async def _count(base: str) -> dict[str, Any]:
+    """A helper server's `GET /count`."""
+    pool = HttpPool(base, size=1)
+    try:
+        _, body = await pool.request("GET", "/count")
+        return dict(json.loads(body))
+    finally:
+        pool.close()

@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from pushskip import events
 from pushskip.auth import InvalidToken, bearer_token, new_user_id
 from pushskip.events import MAX_SEQ as MAX_SEQ  # the limit parse_after enforces
+from pushskip.media import InvalidMediaWebhook, media_event, with_media
 from pushskip.services import Services, services
 
 Handler = Callable[[Request], Awaitable[JSONResponse]]
@@ -206,7 +207,8 @@ async def enqueue(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     if reply.status == "banned":
         raise ApiError(403, "You are banned from matching for now")
     if reply.status == "matched":
-        return {"status": "matched", "match": reply.match}
+        match = with_media(reply.match, caller.me, caller.found.media)
+        return {"status": "matched", "match": match}
     return {"status": "waiting"}
 
 
@@ -222,7 +224,7 @@ async def status(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         await store.touch(caller.me)
     return {
         "state": result.state,
-        "match": result.match,
+        "match": with_media(result.match, caller.me, caller.found.media),
         "lastSeq": result.last_seq,
         "epoch": result.epoch,
     }
@@ -237,7 +239,7 @@ async def skip(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         "skipped": True,
         "roomName": result.room,
         "status": result.status,
-        "match": result.match,
+        "match": with_media(result.match, caller.me, caller.found.media),
     }
 
 
@@ -293,7 +295,8 @@ async def list_events(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     log = await events.read_log(found.redis, me, after)
     await found.store.touch(me)
     if (epoch is None or epoch == log.epoch) and after <= log.last_seq:
-        return {"events": log.decoded(), "lastSeq": log.last_seq, "epoch": log.epoch}
+        given = [media_event(e, me, found.media) for e in log.decoded()]
+        return {"events": given, "lastSeq": log.last_seq, "epoch": log.epoch}
     # The client's seqs count in a log that is gone (another epoch, or one that
     # Redis rolled back below `after`): start it over from the state, which
     # covers the log up to its lastSeq; the events read after it (same epoch)
@@ -302,13 +305,36 @@ async def list_events(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     log = await events.read_log(found.redis, me, 0)
     logged = log.decoded() if log.epoch == status.epoch else []
     return {
-        "events": logged,
+        "events": [media_event(e, me, found.media) for e in logged],
         "lastSeq": status.last_seq,
         "epoch": status.epoch,
         "reset": True,
         "state": status.state,
-        "match": status.match,
+        "match": with_media(status.match, me, found.media),
     }
+
+
+async def livekit_webhook(request: Request) -> JSONResponse:
+    """LiveKit's webhooks (verified with the API key and secret): a matched user leaving
+    their match's room starts the presence grace; joining it again cancels it."""
+    found = services(request)
+    body = await read_raw_body(request)
+    media = found.media
+    if media is None:  # the route exists only when LiveKit is configured
+        raise ApiError(404, "Not Found")
+    try:
+        news = media.read_webhook(body, request.headers.get("authorization"))
+    except InvalidMediaWebhook as exc:
+        raise ApiError(401, f"Webhook not verified: {exc}") from None
+    if news is None:
+        return ok({"handled": False})
+    changed = await found.store.media_presence(news.kind, news.user, news.room)
+    return ok({"handled": changed})
+
+
+def media_routes() -> list[BaseRoute]:
+    """The routes under /api for media servers (mounted only when one is configured)."""
+    return [Route("/webhooks/livekit", livekit_webhook, methods=["POST"])]
 
 
 # What a client may do over its socket as well as over HTTP (API.md, Actions over the socket).

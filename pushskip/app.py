@@ -27,6 +27,7 @@ from pushskip.hub import Hub
 from pushskip.identity import AppTokens, Identity
 from pushskip.jwks import JwksKeys
 from pushskip.link import PubSubLink
+from pushskip.media import MediaProvider
 from pushskip.metrics import Metrics
 from pushskip.outbox import Outbox, Target
 from pushskip.presence import Presence
@@ -113,11 +114,27 @@ def redis_clients(settings: Settings) -> tuple[Redis, Redis]:
     return commands, pubsub
 
 
-def outbox_targets(settings: Settings) -> list[Target]:
-    """The outbox targets the settings configure: webhooks (and media providers)."""
+def media_provider(settings: Settings) -> MediaProvider | None:
+    """The media provider the settings configure (its SDK is imported only then)."""
+    if not (settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret):
+        return None
+    from pushskip.livekit import LiveKit
+
+    return LiveKit(
+        settings.livekit_url,
+        settings.livekit_api_key,
+        settings.livekit_api_secret,
+        token_ttl_s=settings.media_token_ttl_s,
+    )
+
+
+def outbox_targets(settings: Settings, media: MediaProvider | None) -> list[Target]:
+    """The outbox targets the settings configure: webhooks, and media room deletion."""
     targets: list[Target] = []
     if settings.webhook_url and settings.webhook_secret:
         targets.append(WebhookTarget(settings.webhook_url, settings.webhook_secret))
+    if media is not None:
+        targets.append(media.rooms)
     return targets
 
 
@@ -152,14 +169,15 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis, pubsub_redis = redis_clients(settings)
         retention_ms = settings.log_retention_s * 1000
+        media = media_provider(settings)
         outbox = Outbox(
             redis,
-            outbox_targets(settings),
+            outbox_targets(settings, media),
             metrics,
             retention_ms=retention_ms,
             lease_s=settings.outbox_lease_s,
             retry_s=settings.webhook_retry_s,
-            backoff_max_s=settings.webhook_backoff_max_s,
+            backoff_max_s=settings.outbox_backoff_max_s,
             max_pending=settings.outbox_max_pending,
         )
         app_jwts = app_tokens(settings)
@@ -200,10 +218,12 @@ def create_app(
                 metrics=metrics,
                 outbox=outbox.names,
                 on_change=outbox.wake,
+                grace_s=settings.presence_grace_s,
             ),
             hub=hub,
             presence=presence,
             outbox=outbox,
+            media=media,
             session_verifier=session_verifier,
         )
         built.install(app)
@@ -231,7 +251,12 @@ def create_app(
 
     static = static_dir if static_dir is not None else find_static_dir()
     routes = [
-        *api.routes(server_api.routes() if settings.api_key else ()),
+        *api.routes(
+            [
+                *(server_api.routes() if settings.api_key else ()),
+                *(api.media_routes() if settings.livekit else ()),
+            ]
+        ),
         WebSocketRoute("/ws", ws.websocket_endpoint),
         Route("/metrics", metrics.endpoint),
         Route("/healthz", healthz),

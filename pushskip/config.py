@@ -51,9 +51,10 @@ DEFAULT_PORT = 8000
 DEFAULT_WORKERS = 1
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_WEBHOOK_RETRY_S = 3600
-DEFAULT_WEBHOOK_BACKOFF_MAX_S = 300.0
+DEFAULT_OUTBOX_BACKOFF_MAX_S = 300.0
 DEFAULT_OUTBOX_LEASE_S = 15.0
 DEFAULT_OUTBOX_MAX_PENDING = 100_000
+DEFAULT_MEDIA_TOKEN_TTL_S = 600
 # An HS256 key shorter than its hash (RFC 7518, 3.2) is refused.
 MIN_JWT_SECRET_BYTES = 32
 WEBHOOK_SECRET_PREFIX = "whsec_"
@@ -107,6 +108,14 @@ def http_url(name: str, raw: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
     return raw.strip()
+
+
+def server_url(name: str, raw: str) -> str:
+    """An absolute ws(s):// or http(s):// URL (a media server's)."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+        raise ConfigError(f"{name} must be a ws://, wss://, http:// or https:// URL, got {raw!r}")
+    return raw.strip().rstrip("/")
 
 
 def jwt_secret(name: str, raw: str) -> str:
@@ -365,12 +374,13 @@ class Settings:
     )
     webhook_retry_s: int = setting(
         DEFAULT_WEBHOOK_RETRY_S,
-        "a webhook not accepted (2xx) is retried with backoff for this long, then dropped "
-        "and counted",
+        "a webhook not accepted (2xx), or a room not deleted, is retried with backoff for this "
+        "long, then dropped and counted",
     )
-    webhook_backoff_max_s: float = setting(
-        DEFAULT_WEBHOOK_BACKOFF_MAX_S,
-        "longest wait between two attempts of one webhook (the backoff doubles up to it)",
+    outbox_backoff_max_s: float = setting(
+        DEFAULT_OUTBOX_BACKOFF_MAX_S,
+        "longest wait between two attempts of one outbox entry (a webhook, a room deletion), "
+        "and between two tries of a receiver that keeps failing (the backoff doubles up to it)",
     )
     outbox_lease_s: float = setting(
         DEFAULT_OUTBOX_LEASE_S,
@@ -381,6 +391,25 @@ class Settings:
         DEFAULT_OUTBOX_MAX_PENDING,
         "most undelivered entries one outbox target keeps in Redis; past it the oldest are "
         "dropped and counted",
+    )
+    # Media rooms (API.md, Media rooms).
+    livekit_url: str | None = setting(
+        None,
+        "your LiveKit server (`wss://...`): with the key and secret, every match carries a "
+        "LiveKit token for its room, and an ended match's room is deleted",
+        env="LIVEKIT_URL",
+        shown="unset: no media rooms",
+        parse=server_url,
+    )
+    livekit_api_key: str | None = setting(
+        None, "LiveKit API key", env="LIVEKIT_API_KEY", shown="unset"
+    )
+    livekit_api_secret: str | None = setting(
+        None, "LiveKit API secret", env="LIVEKIT_API_SECRET", shown="unset", in_repr=False
+    )
+    media_token_ttl_s: int = setting(
+        DEFAULT_MEDIA_TOKEN_TTL_S,
+        "how long a media token is valid (minted anew whenever a match is sent)",
     )
     # Your backend: server API (API.md, server API).
     api_key: str | None = setting(
@@ -415,6 +444,11 @@ class Settings:
             raise ConfigError(
                 "PUSHSKIP_WEBHOOK_URL and PUSHSKIP_WEBHOOK_SECRET are set together or not at all"
             )
+        livekit = (self.livekit_url, self.livekit_api_key, self.livekit_api_secret)
+        if any(livekit) and not all(livekit):
+            raise ConfigError(
+                "LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET are set together or not at all"
+            )
 
     @property
     def app_tokens(self) -> bool:
@@ -424,6 +458,10 @@ class Settings:
     @property
     def webhooks(self) -> bool:
         return bool(self.webhook_url and self.webhook_secret)
+
+    @property
+    def livekit(self) -> bool:
+        return bool(self.livekit_url and self.livekit_api_key and self.livekit_api_secret)
 
     def with_redis_url(self, url: str) -> Settings:
         return dataclasses.replace(self, redis_url=url)

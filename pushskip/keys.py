@@ -57,6 +57,12 @@ BANNED = "banned:"
 # :next (id -> the entry that waits for it: a room's match.ended for its match.created).
 OUTBOX = "outbox:"
 WEBHOOK_TARGET = "webhook"
+LIVEKIT_TARGET = "livekit"
+
+# Media presence (API.md, Media rooms): users who left their match's media room
+# (score: when their grace ends, ms), and which room each left.
+MEDIA_DEADLINES = "media:deadlines"
+MEDIA_LEFT_ROOM = "media:left-room"
 
 # rematch-cooldown:{a}:{b} with a < b: set by a skip, blocks re-pairing a and b.
 REMATCH_COOLDOWN = "rematch-cooldown:"
@@ -138,6 +144,9 @@ def lua_constants(log_retention_ms: int, outbox_targets: frozenset[str] = frozen
         "K_BANNED": BANNED,
         "K_OUTBOX": OUTBOX,
         "OUTBOX_WEBHOOK": WEBHOOK_TARGET in outbox_targets,
+        "OUTBOX_LIVEKIT": LIVEKIT_TARGET in outbox_targets,
+        "K_MEDIA_DEADLINES": MEDIA_DEADLINES,
+        "K_MEDIA_LEFT_ROOM": MEDIA_LEFT_ROOM,
         "K_MATCH": MATCH,
         "K_PRE_SKIP": PRE_SKIP,
         "K_SKIP_IN_PROGRESS": SKIP_IN_PROGRESS,

@@ -8,26 +8,28 @@ loses nothing. Each entry has a stable id (the webhook's `webhook-id`), so a
 receiver can drop repeats.
 
 Delivery (this module), per target, in every process that has the target:
-- `lua/outbox_claim.lua` claims due entries: a claimed entry is not due again
+- `lua/outbox_step.lua` claims due entries: a claimed entry is not due again
   for `lease_s`, so one process at a time delivers it; a process that dies
-  mid-delivery leaves it to be claimed again after the lease.
+  mid-delivery leaves it to be claimed again after the lease. The same round
+  trip writes the outcomes of the deliveries finished since the last one.
 - An entry may name a predecessor (a room's `match.ended` names its
   `match.created`); it is not claimed before the predecessor is settled.
 - A failed attempt is due again after an exponential backoff (full jitter,
   capped at `backoff_max_s`); an entry not delivered `retry_s` after it was
-  recorded is dropped and counted. `lua/outbox_settle.lua` settles each.
+  recorded is dropped and counted.
 - `lua/outbox_trim.lua`, every few seconds, drops what is past the retry
   window or beyond `max_pending` entries (a receiver down for long costs
   bounded memory) and reports the outbox's length and oldest entry.
 
 A process that records entries wakes its own deliverer (`wake()`, coalesced
-over a few milliseconds so a burst of skips costs one claim); the others find
-them by polling every `POLL_S`.
+over a few milliseconds so a burst of skips, or of finished deliveries, costs
+one round trip); the others find them by polling every `POLL_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -51,6 +53,10 @@ WAKE_DELAY_S = 0.02
 TRIM_EVERY_S = 2.0
 BACKOFF_START_S = 1.0
 REDIS_RETRY_S = 1.0
+# After this many failed deliveries in a row the target counts as down: the lane stops
+# claiming, and tries one entry after a pause (doubling, up to backoff_max_s) until one
+# goes through. A receiver that is down then costs one attempt per pause, not one per entry.
+BREAKER_FAILURES = 8
 
 
 class Entry:
@@ -90,6 +96,43 @@ def backoff_s(attempt: int, cap_s: float) -> float:
     return ceiling * (0.5 + random.random() / 2)
 
 
+class _Lane:
+    """One target's deliverer in this process: its deliveries under way, and the outcomes
+    not yet written to Redis (sent with the next claim, in the same round trip)."""
+
+    __slots__ = (
+        "failures",
+        "inflight",
+        "pause_s",
+        "paused_until",
+        "poked",
+        "settled",
+        "target",
+        "wake",
+    )
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.wake = asyncio.Event()
+        self.poked = False
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.settled: list[str] = []  # id, outcome, id, outcome, ...
+        # The breaker (BREAKER_FAILURES): failures in a row, and while it is open, until
+        # when (loop time) the lane claims nothing, and how long the next pause is.
+        self.failures = 0
+        self.paused_until: float | None = None
+        self.pause_s = BACKOFF_START_S
+
+    def capacity(self, now: float) -> int:
+        """How many entries the lane may claim now: none while paused, one probe after a
+        pause (while nothing else is under way), else what its concurrency leaves."""
+        if self.paused_until is None:
+            return self.target.concurrency - len(self.inflight)
+        if now < self.paused_until or self.inflight:
+            return 0
+        return 1
+
+
 class Outbox:
     def __init__(
         self,
@@ -110,13 +153,10 @@ class Outbox:
         self.retry_ms = int(retry_s * 1000)
         self.backoff_max_s = backoff_max_s
         self.max_pending = max_pending
-        self._claim = Script(redis, "outbox_claim", retention_ms=retention_ms)
-        self._settle = Script(redis, "outbox_settle", retention_ms=retention_ms)
+        self._step = Script(redis, "outbox_step", retention_ms=retention_ms)
         self._trim = Script(redis, "outbox_trim", retention_ms=retention_ms)
-        self._wakes = {t.name: asyncio.Event() for t in self.targets}
-        self._wake_scheduled = False
+        self._lanes = [_Lane(t) for t in self.targets]
         self._tasks: list[asyncio.Task[None]] = []
-        self._deliveries: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"Outbox(targets={[t.name for t in self.targets]})"
@@ -128,72 +168,78 @@ class Outbox:
 
     def wake(self) -> None:
         """Entries were recorded by this process: claim them soon (coalesced)."""
-        if self._wake_scheduled or not self.targets:
-            return
-        self._wake_scheduled = True
-        asyncio.get_running_loop().call_later(WAKE_DELAY_S, self._wake_all)
+        for lane in self._lanes:
+            self._poke(lane)
 
-    def _wake_all(self) -> None:
-        self._wake_scheduled = False
-        for event in self._wakes.values():
-            event.set()
+    def _poke(self, lane: _Lane) -> None:
+        """Wake the lane's loop in WAKE_DELAY_S; pokes meanwhile ride along."""
+        if not lane.poked:
+            lane.poked = True
+            asyncio.get_running_loop().call_later(WAKE_DELAY_S, self._woken, lane)
+
+    @staticmethod
+    def _woken(lane: _Lane) -> None:
+        lane.poked = False
+        lane.wake.set()
 
     async def start(self) -> None:
-        for target in self.targets:
-            self._tasks.append(
-                asyncio.create_task(
-                    self._deliver_loop(target), name=f"pushskip-outbox-{target.name}"
-                )
-            )
+        for lane in self._lanes:
+            name = f"pushskip-outbox-{lane.target.name}"
+            self._tasks.append(asyncio.create_task(self._deliver_loop(lane), name=name))
         if self.targets:
             self._tasks.append(asyncio.create_task(self._trim_loop(), name="pushskip-outbox-trim"))
 
     async def stop(self) -> None:
-        """Stop claiming; deliveries under way are abandoned (their lease brings them back)."""
+        """Stop claiming; deliveries under way are abandoned (their lease brings them back),
+        outcomes not yet written are written."""
         await cancel_and_wait(self._tasks)
-        await cancel_and_wait(list(self._deliveries))
-        for target in self.targets:
-            await target.aclose()
+        for lane in self._lanes:
+            await cancel_and_wait(list(lane.inflight))
+            if lane.settled:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._step.call_raw(lane.target.name, "0", "0", *lane.settled)
+            await lane.target.aclose()
 
-    async def _deliver_loop(self, target: Target) -> None:
-        wake = self._wakes[target.name]
-        inflight: set[asyncio.Task[None]] = set()
-
-        def finished(task: asyncio.Task[None]) -> None:
-            inflight.discard(task)
-            self._deliveries.discard(task)
-            wake.set()  # room for more, and what it settled may have freed a successor
-
+    async def _deliver_loop(self, lane: _Lane) -> None:
+        target = lane.target
+        loop = asyncio.get_running_loop()
         while True:
-            wake.clear()
-            free = target.concurrency - len(inflight)
-            claimed: list[Entry] = []
+            lane.wake.clear()
+            free = lane.capacity(loop.time())
+            settled, lane.settled = lane.settled, []
             wait_s = POLL_S
-            if free > 0:
+            if lane.paused_until is not None and lane.paused_until > loop.time():
+                wait_s = lane.paused_until - loop.time()
+            if free > 0 or settled:
                 try:
-                    claimed, next_due_s = await self._claim_entries(target.name, free)
-                    if next_due_s is not None:
-                        wait_s = min(POLL_S, next_due_s)
+                    claimed, next_due_s = await self._claim(target.name, max(free, 0), settled)
                 except (RedisError, OSError) as exc:
+                    lane.settled = settled + lane.settled  # written with the next round trip
                     logger.warning("outbox %s: claim failed (%r); retrying", target.name, exc)
                     await asyncio.sleep(REDIS_RETRY_S)
                     continue
-            for entry in claimed:
-                task = asyncio.create_task(self._deliver_one(target, entry))
-                inflight.add(task)
-                self._deliveries.add(task)
-                task.add_done_callback(finished)
-            if claimed and len(claimed) == free:
-                continue  # more may be due: claim again as soon as there is room
+                for entry in claimed:
+                    task = asyncio.create_task(self._deliver_one(lane, entry))
+                    lane.inflight.add(task)
+                    task.add_done_callback(lane.inflight.discard)
+                if free > 0 and len(claimed) == free and lane.paused_until is None:
+                    continue  # more may be due: claim again once there is room
+                if next_due_s is not None and lane.paused_until is None:
+                    wait_s = min(POLL_S, next_due_s)
             try:
                 async with asyncio.timeout(wait_s):
-                    await wake.wait()
+                    await lane.wake.wait()
             except TimeoutError:
                 pass
 
-    async def _claim_entries(self, target: str, limit: int) -> tuple[list[Entry], float | None]:
-        """The entries claimed, and in how many seconds the next one is due (None: none)."""
-        next_due_ms, *flat = await self._claim.call_raw(target, str(limit), str(self.lease_ms))
+    async def _claim(
+        self, target: str, limit: int, settled: list[str]
+    ) -> tuple[list[Entry], float | None]:
+        """Write the outcomes in `settled`, then claim up to `limit` due entries; the entries,
+        and in how many seconds the next one is due (None: none)."""
+        next_due_ms, *flat = await self._step.call_raw(
+            target, str(limit), str(self.lease_ms), *settled
+        )
         entries = []
         for i in range(0, len(flat), 4):
             entry_id, raw, attempt, recorded = flat[i : i + 4]
@@ -201,21 +247,23 @@ class Outbox:
                 data = json.loads(raw)
             except ValueError:
                 logger.error("outbox %s: entry %s is not JSON; dropping it", target, entry_id)
-                await self._settle(target, entry_id, "done")
+                await self._step.call_raw(target, "0", "0", str(entry_id), "done")
                 continue
             entries.append(Entry(str(entry_id), data, int(attempt), int(float(recorded))))
         return entries, (int(next_due_ms) / 1000 if int(next_due_ms) >= 0 else None)
 
-    async def _deliver_one(self, target: Target, entry: Entry) -> None:
-        labels = self.metrics.outbox_counters(target.name)
+    async def _deliver_one(self, lane: _Lane, entry: Entry) -> None:
+        target = lane.target
+        counters = self.metrics.outbox_counters(target.name)
         try:
             delivered = await target.deliver(entry)
         except Exception:
             logger.exception("outbox %s: delivering %s failed", target.name, entry.id)
             delivered = False
+        self._note(lane, delivered)
         if delivered:
             outcome = "done"
-            labels.delivered.inc()
+            counters.delivered.inc()
         else:
             delay_s = backoff_s(entry.attempt, self.backoff_max_s)
             age_ms = time.time() * 1000 - entry.recorded_ms
@@ -228,15 +276,37 @@ class Outbox:
                     entry.attempt,
                 )
                 outcome = "done"
-                labels.dropped.inc()
+                counters.dropped.inc()
             else:
                 outcome = str(int(delay_s * 1000))
-                labels.retried.inc()
-        try:
-            await self._settle(target.name, entry.id, outcome)
-        except (RedisError, OSError) as exc:
-            # Not settled: the lease brings it back (a delivered one may then go twice).
-            logger.warning("outbox %s: %s not settled (%r)", target.name, entry.id, exc)
+                counters.retried.inc()
+        # Written with the lane's next claim; until then (or if this process dies first)
+        # the lease holds the entry.
+        lane.settled += (entry.id, outcome)
+        self._poke(lane)
+
+    def _note(self, lane: _Lane, delivered: bool) -> None:
+        """The breaker: open after BREAKER_FAILURES failures in a row, closed by a success."""
+        name = lane.target.name
+        if delivered:
+            if lane.paused_until is not None:
+                logger.warning("outbox %s: delivering again after %d failures", name, lane.failures)
+            lane.failures, lane.paused_until, lane.pause_s = 0, None, BACKOFF_START_S
+            return
+        lane.failures += 1
+        if lane.failures < BREAKER_FAILURES:
+            return
+        if lane.paused_until is None:
+            logger.warning(
+                "outbox %s: %d deliveries in a row failed; trying one at a time, with pauses "
+                "(up to %.0f s) between tries, until one goes through",
+                name,
+                lane.failures,
+                self.backoff_max_s,
+            )
+        else:
+            lane.pause_s = min(lane.pause_s * 2, self.backoff_max_s)
+        lane.paused_until = asyncio.get_running_loop().time() + lane.pause_s
 
     async def trim(self) -> None:
         """Bound each target's outbox and refresh its gauges (also run every TRIM_EVERY_S)."""
@@ -263,3 +333,4 @@ class Outbox:
             except (RedisError, OSError) as exc:
                 logger.debug("outbox trim failed: %r", exc)
             await asyncio.sleep(TRIM_EVERY_S)
+

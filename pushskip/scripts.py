@@ -35,6 +35,7 @@ SCRIPT_NAMES = (
     "ban",
     "user_info",
     "stats",
+    "media_presence",
 )
 NO_OUTBOX: frozenset[str] = frozenset()
 _LINE = re.compile(r"user_script:(\d+)")
@@ -131,6 +132,7 @@ class Scripts:
     ban: Script
     user_info: Script
     stats: Script
+    media_presence: Script
 
     @classmethod
     def register(

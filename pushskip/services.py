@@ -19,6 +19,7 @@ from pushskip.auth import TokenSigner
 from pushskip.config import Settings
 from pushskip.hub import Hub
 from pushskip.identity import Identity
+from pushskip.media import MediaProvider
 from pushskip.metrics import Metrics
 from pushskip.outbox import Outbox
 from pushskip.presence import Presence
@@ -46,6 +47,8 @@ class Services:
     hub: Hub
     presence: Presence
     outbox: Outbox
+    # The media provider (LiveKit) when one is configured.
+    media: MediaProvider | None = None
     session_verifier: SessionVerifier | None = None
 
     def install(self, app: Starlette) -> None:

@@ -114,9 +114,12 @@ class Store:
         metrics: Metrics | None = None,
         outbox: frozenset[str] = frozenset(),
         on_change: Callable[[], None] | None = None,
+        grace_s: float = 5.0,
     ) -> None:
         """`outbox`: the outbox targets (outbox.py) whose entries the steps record;
-        `on_change`: called after a step that made or ended a match (it recorded some)."""
+        `on_change`: called after a step that made or ended a match (it recorded some);
+        `grace_s`: how long a user who left their media room has to come back."""
+        self.grace_ms = grace_s * 1000
         self.redis = redis
         self.metrics = metrics
         self.scripts = Scripts.register(redis, retention_ms=retention_s * 1000, outbox=outbox)
@@ -190,6 +193,12 @@ class Store:
         if reply.ended:
             self._changed()
         return reply
+
+    async def media_presence(self, kind: str, user: str, room: str) -> bool:
+        """A media server saw `user` leave or join `room` (lua/media_presence.lua); whether it
+        concerned their current match."""
+        raw = await self.scripts.media_presence(kind, user, room, str(int(self.grace_ms)))
+        return bool(json.loads(raw).get("changed"))
 
     async def unban(self, user: str) -> bool:
         """Lift `user`'s ban; whether there was one."""

@@ -30,6 +30,7 @@ from pushskip import api, closing, events
 from pushskip.auth import InvalidToken
 from pushskip.closing import CloseReason
 from pushskip.hub import PONG, RESYNC, HubUnavailable, Reply, Subscriber, TooManySockets
+from pushskip.media import media_event_text, with_media
 from pushskip.metrics import Metrics
 from pushskip.services import Services, services
 from pushskip.store import UserStatus
@@ -91,15 +92,15 @@ class TokenBucket:
         return True
 
 
-def hello(status: UserStatus, poll_interval_ms: int, user_id: str, *, reset: bool) -> str:
+def hello(found: Services, status: UserStatus, user_id: str, *, reset: bool) -> str:
     message: dict[str, Any] = {
         "type": "hello",
         "userId": user_id,
         "state": status.state,
-        "match": status.match,
+        "match": with_media(status.match, user_id, found.media),
         "lastSeq": status.last_seq,
         "epoch": status.epoch,
-        "pollIntervalMs": poll_interval_ms,
+        "pollIntervalMs": found.settings.poll_interval_ms,
     }
     if reset:
         message["reset"] = True
@@ -147,6 +148,10 @@ class Connection:
         finally:
             self.sub.sending_since = None
 
+    async def send_event(self, text: str) -> None:
+        """An event's JSON text, as this user is given it (with their media grant)."""
+        await self.send(media_event_text(text, self.sub.user_id, self.found.media))
+
     def same_log(self, epoch: str | None) -> bool:
         """Whether `epoch` continues what the client has (adopting it if the client had none)."""
         if epoch == self.epoch:
@@ -161,8 +166,7 @@ class Connection:
         status = await self.found.store.status(self.sub.user_id)
         self.epoch = status.epoch
         self.last_sent = 0
-        settings = self.found.settings
-        await self.send(hello(status, settings.poll_interval_ms, self.sub.user_id, reset=True))
+        await self.send(hello(self.found, status, self.sub.user_id, reset=True))
         self.metrics.resets.inc()
 
     async def send_from_log(self) -> None:
@@ -176,7 +180,7 @@ class Connection:
                 continue
             for event in log.events:
                 if event.seq > self.last_sent:
-                    await self.send(event.text)
+                    await self.send_event(event.text)
                     self.last_sent = event.seq
                     self.metrics.replayed.inc()
             if len(log.events) < events.READ_LIMIT:
@@ -215,7 +219,7 @@ class Connection:
             ):
                 behind = True  # a new log, or a gap: both are read from the log
             elif isinstance(item, events.RawEvent) and item.seq > self.last_sent:
-                await self.send(item.text)
+                await self.send_event(item.text)
                 self.last_sent = item.seq
                 self.metrics.delivered.inc()
 
@@ -347,7 +351,7 @@ async def serve(
         found.metrics.resets.inc()
     elif after is not None:
         conn.last_sent = after
-    await conn.send(hello(status, found.settings.poll_interval_ms, sub.user_id, reset=reset))
+    await conn.send(hello(found, status, sub.user_id, reset=reset))
     reader = asyncio.create_task(conn.read())
     reader.add_done_callback(conn.on_reader_done)
     found.metrics.sockets.inc()

@@ -73,6 +73,16 @@ function timeOfDay(ms) {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
 
+/** A JWT's claims, unverified (for display only), or null. */
+function jwtClaims(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part));
+  } catch {
+    return null;
+  }
+}
+
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
@@ -115,6 +125,7 @@ class Pane {
       uid: $('[data-testid=user-id]'),
       transport: $('[data-testid=transport]'),
       state: $('[data-testid=state]'),
+      media: $('[data-testid=media]'),
       start: $('[data-action=start]'),
       skip: $('[data-action=skip]'),
       leave: $('[data-action=leave]'),
@@ -381,6 +392,7 @@ class Pane {
     const [kind, text] = this.stateText();
     ui.state.dataset.state = kind;
     ui.state.textContent = text;
+    this.renderMedia();
 
     ui.start.disabled = this.busy || (c.started && c.wantMatch);
     ui.skip.disabled = this.busy || c.state !== 'matched';
@@ -394,6 +406,29 @@ class Pane {
       `seq ${c.lastSeq} · epoch ${shortEpoch(c.epoch)} · ${c.stats.polls} polls · ` +
       `${c.stats.duplicates} dupes dropped${c.stats.resets ? ` · log reset ×${c.stats.resets}` : ''} · ` +
       `actions: ${c.stats.actionsViaSocket} via socket, ${c.stats.actionsViaHttp} via http`;
+  }
+
+  /** When the server has a media provider: the token this user holds for the room, for
+   *  whom, and until when (minted anew each time the server sends the match). */
+  renderMedia() {
+    const media = this.client.state === 'matched' ? this.client.match?.media : null;
+    const line = this.ui.media;
+    const claims = media ? jwtClaims(media.token) : null;
+    line.hidden = !claims;
+    if (!claims) {
+      delete line.dataset.room;
+      return;
+    }
+    const room = claims.video?.room ?? '?';
+    const left = Math.max(0, Math.round((claims.exp * 1000 - Date.now()) / 60_000));
+    line.dataset.provider = media.provider;
+    line.dataset.room = room;
+    line.dataset.identity = claims.sub ?? '';
+    line.dataset.exp = String(claims.exp);
+    line.textContent =
+      `${media.provider} token for room ${shortRoom(room)} as ${shortId(claims.sub)}, ` +
+      `valid until ${timeOfDay(claims.exp * 1000)} (${left} min)`;
+    line.title = `${media.url} · token for ${room}, identity ${claims.sub}`;
   }
 
   scaleMs() {

@@ -5,12 +5,22 @@ export type State = 'idle' | 'waiting' | 'matched';
 export type Transport = 'offline' | 'connecting' | 'websocket' | 'polling';
 export type Via = 'socket' | 'http';
 
+/** The media room of a match, when the server has a media provider (LiveKit). */
+export interface MediaGrant {
+  provider: 'livekit';
+  /** The media server to connect to. */
+  url: string;
+  /** This user's token for this match's room only. */
+  token: string;
+}
+
 export interface Match {
   roomName: string;
   user1: string;
   user2: string;
   partnerId: string;
   matchedAt: number;
+  media?: MediaGrant;
 }
 
 interface EventBase {

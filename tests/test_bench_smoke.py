@@ -129,12 +129,13 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
 
     # Integrations: the same skips with webhooks off, on and unreachable, in one run.
     integ = report["integrations"]["summary"]
-    assert set(integ) == {"off", "webhooks", "webhooks-down"}
+    assert set(integ) == {"off", "webhooks", "webhooks-down", "livekit-slow"}
     for name, item in integ.items():
         sane_latency(item["latency_ms"])
         assert item["app_cpu_ms_per_skip"] > 0, name
     assert integ["webhooks"]["p50_ratio"] > 0
     assert report["integrations"]["receiver"]["requests"] > 0
+    assert report["integrations"]["livekit"]["deletes"] > 0
 
     # Targets are all evaluated, and the Markdown and plots were written next to the JSON.
     assert {t["id"] for t in report["targets"]} >= {

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from pushskip import keys
 from pushskip.embedded import EmbeddedRedis
 from tests.app_backend import APP_JWT_SECRET, hs256_token
-from tests.helpers import app_process
+from tests.helpers import app_process, free_port
 
 try:
     from playwright.async_api import (
@@ -1559,3 +1559,39 @@ async def test_a_ban_stops_the_client_and_says_so(
         )
     assert out["out"] == {"banned": "banned", "left": "removed"}
     assert out["started"] is False and out["transport"] == "offline"
+
+
+# --- media rooms: the demo shows each user's media token ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def media_server(redis_server: EmbeddedRedis, chromium_executable: str) -> Iterator[str]:
+    """A `pushskip serve` with LiveKit configured (tokens need no LiveKit server; the room
+    deletions, with nothing at the URL, are retried in the background)."""
+    env = {
+        "LIVEKIT_URL": f"http://127.0.0.1:{free_port()}",
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "a-livekit-secret-of-some-length-000",
+    }
+    with app_process(redis_server.url, **env) as (url, _proc):
+        yield url
+
+
+async def test_demo_shows_each_users_media_token_for_the_room(
+    browser: Browser, media_server: str, redis: Redis
+) -> None:
+    """With LiveKit configured each matched pane shows that its user holds a LiveKit token
+    for the room, as itself, and until when; after a skip, the skipped pane shows none."""
+    async with demo_page(browser, media_server + "/") as page:
+        id_a, id_b, room = await start_and_match(page)
+        for name, user in (("A", id_a), ("B", id_b)):
+            line = pane(page, name).get_by_test_id("media")
+            await pw_expect(line).to_be_visible()
+            await pw_expect(line).to_have_attribute("data-provider", "livekit")
+            await pw_expect(line).to_have_attribute("data-room", room)
+            await pw_expect(line).to_have_attribute("data-identity", user)
+            await pw_expect(line).to_contain_text("livekit token for room")
+            exp = int(await line.get_attribute("data-exp") or "0")
+            assert time.time() + 500 < exp <= time.time() + 610
+        await pane(page, "A").locator("[data-action=skip]").click()
+        await pw_expect(pane(page, "B").get_by_test_id("media")).to_be_hidden()

@@ -81,9 +81,22 @@ def outbox(redis: Redis, target: Collecting, **kw: Any) -> Outbox:
     return Outbox(redis, [target], Metrics(), **values)
 
 
+class Claim:
+    """lua/outbox_step.lua as a claimer alone, or as a settler alone."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.script = Script(redis, "outbox_step", retention_ms=RETENTION_MS)
+
+    async def call_raw(self, target: str, limit: str, lease: str, *settled: str) -> Any:
+        return await self.script.call_raw(target, limit, lease, *settled)
+
+    async def settle(self, entry_id: str, outcome: str) -> None:
+        await self.script.call_raw(TARGET, "0", "0", entry_id, outcome)
+
+
 @pytest.fixture
-async def claim(redis: Redis) -> AsyncIterator[Script]:
-    yield Script(redis, "outbox_claim", retention_ms=RETENTION_MS)
+async def claim(redis: Redis) -> AsyncIterator[Claim]:
+    yield Claim(redis)
 
 
 async def wait_until(check: Any, timeout: float = 20.0) -> None:
@@ -99,7 +112,7 @@ def ids_of(reply: list[Any]) -> list[str]:
 
 
 async def test_concurrent_claims_hand_each_entry_to_one_claimer(
-    redis: Redis, claim: Script
+    redis: Redis, claim: Claim
 ) -> None:
     """Four claimers racing over 300 entries, x10 rounds: every entry is claimed exactly once
     while its lease runs."""
@@ -121,7 +134,7 @@ async def test_concurrent_claims_hand_each_entry_to_one_claimer(
 
 
 async def test_an_entry_is_not_claimed_before_its_predecessor_is_settled(
-    redis: Redis, claim: Script
+    redis: Redis, claim: Claim
 ) -> None:
     """A match.ended names its match.created: it is not claimed while the created is
     undelivered (even in the same batch), and is due at once when the created is settled."""
@@ -130,13 +143,12 @@ async def test_an_entry_is_not_claimed_before_its_predecessor_is_settled(
     first = await claim.call_raw(TARGET, "10", "60000")
     assert ids_of(first) == ["created"]
     assert ids_of(await claim.call_raw(TARGET, "10", "60000")) == []
-    settle = Script(redis, "outbox_settle", retention_ms=RETENTION_MS)
-    assert await settle("test", "created", "done") == "1"
+    await claim.settle("created", "done")
     assert ids_of(await claim.call_raw(TARGET, "10", "60000")) == ["ended"]
 
 
 async def test_a_claim_whose_process_died_is_claimed_again_after_the_lease(
-    redis: Redis, claim: Script
+    redis: Redis, claim: Claim
 ) -> None:
     """An entry claimed and never settled (its process was killed) is due again after the
     lease, with its attempt count raised; never before."""
@@ -223,7 +235,9 @@ async def test_an_entry_past_the_retry_window_is_dropped_and_counted(redis: Redi
         counters = box.metrics.outbox_counters(TARGET)
         await wait_until(lambda: counters.dropped._value.get() == 1)
         assert counters.retried._value.get() >= 1
-        assert await redis.hexists(keys.outbox(TARGET, "entries"), "doomed") == 0
+        async with asyncio.timeout(5):  # written with the deliverer's next round trip
+            while await redis.hexists(keys.outbox(TARGET, "entries"), "doomed"):
+                await asyncio.sleep(0.01)
     finally:
         await box.stop()
 
@@ -251,3 +265,27 @@ def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
         for _ in range(50):
             wait = backoff_s(attempt, 300.0)
             assert ceiling / 2 <= wait <= ceiling
+
+
+async def test_a_target_that_is_down_gets_one_try_per_pause_not_one_per_entry(
+    redis: Redis,
+) -> None:
+    """With every delivery failing, after a few failures in a row the lane tries one entry
+    per pause instead of every entry on its own schedule; once a try succeeds, everything
+    goes out."""
+    target = Collecting(concurrency=4)
+    target.fail_rate = 1.0
+    box = outbox(redis, target, backoff_max_s=0.2)
+    for i in range(200):
+        await record(redis, f"p{i:03d}", {})
+    await box.start()
+    try:
+        box.wake()
+        await asyncio.sleep(1.5)
+        tried = sum(target.attempts.values())
+        # The first claims (a breaker's worth of failures), then about one try per 0.2 s.
+        assert tried <= 8 + 4 + 1.5 / 0.1, tried
+        target.fail_rate = 0.0
+        await wait_until(lambda: len(target.delivered) == 200, 30)
+    finally:
+        await box.stop()

@@ -26,7 +26,7 @@ def webhook_settings(redis_url: str, receiver: WebhookReceiver, **overrides: Any
     values: dict[str, Any] = {
         "webhook_url": receiver.url,
         "webhook_secret": WEBHOOK_SECRET,
-        "webhook_backoff_max_s": 0.5,
+        "outbox_backoff_max_s": 0.5,
         "api_key": API_KEY,
         "presence_grace_s": GRACE_S,
         "presence_sweep_s": 0.2,
@@ -117,7 +117,7 @@ async def test_every_event_survives_a_receiver_outage_and_a_sigkilled_process(
     env = {
         "PUSHSKIP_WEBHOOK_URL": receiver.url,
         "PUSHSKIP_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "PUSHSKIP_WEBHOOK_BACKOFF_MAX_S": "0.5",
+        "PUSHSKIP_OUTBOX_BACKOFF_MAX_S": "0.5",
         "PUSHSKIP_OUTBOX_LEASE_S": "2",
         "PUSHSKIP_PRESENCE_GRACE_S": "600",
     }
@@ -181,7 +181,7 @@ async def test_a_failing_receiver_is_retried_with_the_same_id_and_body(
     receiver = WebhookReceiver()
     receiver.status = 500
     attempts = receiver.attempts
-    settings = webhook_settings(redis_server.url, receiver, webhook_backoff_max_s=0.2)
+    settings = webhook_settings(redis_server.url, receiver, outbox_backoff_max_s=0.2)
     async with (
         receiver.running(),
         run_server(settings) as base,

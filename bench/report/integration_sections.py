@@ -11,6 +11,8 @@ ABOUT = {
     "off": "no webhooks",
     "webhooks": "webhooks to a receiver that answers 204",
     "webhooks-down": "webhooks to a URL where nothing listens (every delivery refused, retried)",
+    "livekit-slow": "LiveKit on: a token in every match, every ended room deleted, against a "
+    "stand-in LiveKit answering each DeleteRoom after 2 s",
 }
 
 
@@ -21,7 +23,7 @@ def integrations_section(results: dict[str, Any]) -> list[str]:
         return []
     out: list[str] = []
     w = out.append
-    w("## Integrations: skip → notified with webhooks on and off\n")
+    w("## Integrations: skip → notified with webhooks and media rooms on and off\n")
     w(
         f"{found['pairs']} pairs, skips over the skipper's socket at {found['rate']:g}/s, "
         f"{found['rounds']} round(s) of {found['duration_s']:g} s per configuration, the "
@@ -61,10 +63,17 @@ def integrations_section(results: dict[str, Any]) -> list[str]:
         + "\n"
     )
     received = found.get("receiver") or {}
-    w(
+    text = (
         f"The receiver got {received.get('requests', '–')} webhook requests "
-        f"({received.get('unique', '–')} distinct ids) during the `webhooks` runs.\n"
+        f"({received.get('unique', '–')} distinct ids) during the `webhooks` runs."
     )
+    livekit = found.get("livekit") or {}
+    if livekit:
+        text += (
+            f" The stand-in LiveKit server was asked {livekit.get('deletes', '–')} DeleteRooms "
+            f"(each answered after {livekit.get('delay_s')} s) during the `livekit-slow` runs."
+        )
+    w(text + "\n")
     return out
 
 

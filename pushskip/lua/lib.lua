@@ -198,8 +198,8 @@ end
 -- Ends the match `me` is in, if any: deletes match:{me} and, only when it
 -- still names the same room, match:{other} (compare-and-delete), and records
 -- match.ended (`reason`; `ended_by`: a user id, or nil when the app's backend
--- ended it) in the outbox. Returns the room and the partner, or nil when `me`
--- has no match.
+-- ended it) and the media room's deletion in the outbox. Returns the room and
+-- the partner, or nil when `me` has no match.
 local function end_match(me, reason, ended_by, now)
   local raw = redis.call('GET', K_MATCH .. me)
   if not raw then return nil end
@@ -212,6 +212,9 @@ local function end_match(me, reason, ended_by, now)
     redis.call('DEL', K_MATCH .. other)
   end
   redis.call('ZREM', K_ROOMS, m.roomName)
+  if OUTBOX_LIVEKIT then
+    record_outbox('livekit', 'room_' .. m.roomName, {room = m.roomName}, now)
+  end
   if OUTBOX_WEBHOOK then
     record_outbox('webhook', webhook_id(m.roomName, 'ended'), {type = 'match.ended', at = now,
       data = {roomName = m.roomName, users = {m.user1, m.user2},

@@ -8,7 +8,8 @@
 -- its users get the deadline lease expiry + grace, and its set is dropped.
 -- A due user who is still present just loses the deadline; one who is not is
 -- gone: their match ends as a leave ends it, with reason 'disconnected', or
--- they leave the queue. Returns JSON {ended = n, dequeued = n, dead = n}.
+-- they leave the queue. A user whose media room grace ran out (media_presence.lua)
+-- is gone the same way. Returns JSON {ended = n, dequeued = n, dead = n}.
 local grace, limit, cooldown = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local dead = redis.call('ZRANGEBYSCORE', K_PRESENCE_PROCS, '-inf', now, 'WITHSCORES')
@@ -41,6 +42,18 @@ for _, user in ipairs(due) do
       dequeue(user)
       dequeued = dequeued + 1
     end
+  end
+end
+-- Users who left their match's media room and did not come back within the grace
+-- (media_presence.lua): gone the same way, if they are still in that match.
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', K_MEDIA_DEADLINES, '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', K_MEDIA_DEADLINES, user)
+  local room = redis.call('HGET', K_MEDIA_LEFT_ROOM, user)
+  redis.call('HDEL', K_MEDIA_LEFT_ROOM, user)
+  local raw = redis.call('GET', K_MATCH .. user)
+  if room and raw and cjson.decode(raw).roomName == room then
+    leave_match(user, 'disconnected', cooldown, user)
+    ended = ended + 1
   end
 end
 return cjson.encode({ended = ended, dequeued = dequeued, dead = #dead / 2})

@@ -35,6 +35,8 @@ const off = client.on('state', ({ state, match, previous, event }) => {
 client.on('matched', (event, meta) => {
   const room: string = event.match.roomName;
   console.log(room, meta.via, meta.replay, event.seq, event.at);
+  const media = event.match.media;
+  if (media) console.log(`join ${media.provider} at ${media.url} with`, media.token.length);
 });
 client.on('partner-skipped', (event) => console.log(event.skippedBy, event.roomName));
 client.on('partner-left', (event: PartnerLeftEvent) => {
