@@ -211,6 +211,7 @@ class Bench:
             # All of the bench's users come from one address.
             "PUSHSKIP_SESSION_RATE_PER_MIN": "100000000",
             "PUSHSKIP_MAX_WAITING_PER_ADDRESS": "100000000",
+            "PUSHSKIP_ENQUEUE_RATE_PER_ADDRESS": "100000000",
             "PUSHSKIP_REMATCH_COOLDOWN_S": str(self.cfg.cooldown_s),
             "PUSHSKIP_QUEUE_STALE_S": "3600",
             # The HTTP skippers make no request between skips and the bench re-pairs them

@@ -53,11 +53,19 @@ class HttpConn:
         self.reader = self.writer = None
 
     def build(
-        self, method: str, path: str, *, token: str | None = None, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> bytes:
         head = [f"{method} {path} HTTP/1.1\r\n".encode(), self._host_header]
         if token is not None:
             head.append(f"Authorization: Bearer {token}\r\n".encode())
+        for name, value in (headers or {}).items():
+            head.append(f"{name}: {value}\r\n".encode())
         if body is not None:
             head.append(b"Content-Type: application/json\r\n")
             head.append(f"Content-Length: {len(body)}\r\n".encode())

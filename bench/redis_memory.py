@@ -52,6 +52,7 @@ def start_app(redis_url: str, app_path: Path, retention_s: int | None) -> tuple[
         # All of the bench's users come from one address.
         "PUSHSKIP_SESSION_RATE_PER_MIN": "100000000",
         "PUSHSKIP_MAX_WAITING_PER_ADDRESS": "100000000",
+        "PUSHSKIP_ENQUEUE_RATE_PER_ADDRESS": "100000000",
         "PYTHONPATH": str(app_path),
     }
     if retention_s is not None:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, floors, integrations, latency, micro, saturation
+from bench import abuse, capacity, floors, integrations, latency, micro, saturation
 from bench.harness import UI, Bench, BenchConfig
 
 Phase = Callable[[Bench, dict[str, Any]], Awaitable[None]]
@@ -29,6 +29,7 @@ PHASE_FUNCS: dict[str, Phase] = {
     "profile": saturation.phase_profile,
     "capacity": capacity.phase_capacity,
     "integrations": integrations.phase_integrations,
+    "abuse": abuse.phase_abuse,
 }
 PHASES = tuple(PHASE_FUNCS)
 

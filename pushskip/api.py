@@ -204,6 +204,8 @@ async def enqueue(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     reply = await caller.found.store.enqueue(caller.me, address=caller.address)
     if reply.status == "limited":
         raise ApiError(429, "Too many users from this address are waiting; try again later")
+    if reply.status == "rate-limited":
+        raise ApiError(429, "Too many enqueues from this address; slow down")
     if reply.status == "banned":
         raise ApiError(403, "You are banned from matching for now")
     if reply.status == "matched":

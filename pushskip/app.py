@@ -219,6 +219,7 @@ def create_app(
                 outbox=outbox.names,
                 on_change=outbox.wake,
                 grace_s=settings.presence_grace_s,
+                enqueue_rate=settings.enqueue_rate_per_address,
             ),
             hub=hub,
             presence=presence,

@@ -41,6 +41,9 @@ DEFAULT_PRESENCE_LEASE_S = 3.0
 DEFAULT_PRESENCE_SWEEP_S = 1.0
 DEFAULT_SESSION_RATE_PER_MIN = 120
 DEFAULT_MAX_WAITING_PER_ADDRESS = 20
+# An honest user enqueues about once per match (and every 10 s while waiting): a NAT
+# with 100 users all skipping every 2 s is 50 a second. 100 a second is twice that.
+DEFAULT_ENQUEUE_RATE_PER_ADDRESS = 100.0
 DEFAULT_WS_MSG_RATE = 10.0
 DEFAULT_MAX_SOCKETS_PER_USER = 8
 DEFAULT_HEADER_TIMEOUT_S = 10.0
@@ -280,6 +283,12 @@ class Settings:
     max_waiting_per_address: int = setting(
         DEFAULT_MAX_WAITING_PER_ADDRESS,
         "users from one client address waiting in the queue at once (all processes)",
+    )
+    enqueue_rate_per_address: float = setting(
+        DEFAULT_ENQUEUE_RATE_PER_ADDRESS,
+        "enqueues (and skips that requeue) one client address may make a second, over all "
+        "processes (burst: one second's worth); past it: 429. A NAT of 100 users who all skip "
+        "every 2 s makes 50",
     )
     ws_msg_rate: float = setting(
         DEFAULT_WS_MSG_RATE,

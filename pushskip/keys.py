@@ -44,6 +44,19 @@ FAIR_PATIENCE_MS = 3000
 QUEUE_KEEP_MS = 24 * 3600 * 1000
 # Sessions minted per client address in the current minute.
 SESSION_RATE = "session-rate:"
+# Enqueues per client address (lua/lib.lua: take_enqueue): a token bucket, in
+# thousandths of an enqueue, and when it was last filled (ms).
+ENQUEUE_RATE = "enqueue-rate:"
+# Fairness by recent activity (lua/lib.lua: join_queue): the users each address
+# queued in the last ACTIVITY_WINDOW_MS (score: when, ms). Each other one of
+# them queues the address's next user FAIR_SLOT_MS further back, up to
+# FAIR_MAX_SLOTS slots in all (with the users it has waiting).
+RECENT_FROM = "simple-matching:recent-from:"
+ACTIVITY_WINDOW_MS = 10_000
+FAIR_MAX_SLOTS = 60
+# How long an address's enqueue allowance and recent users are kept after its last
+# enqueue (what they hold is current for less; longer only saves rewriting them).
+LIMITS_KEEP_MS = 60_000
 
 # Rooms with a match now (score: matchedAt ms), for the server API's stats.
 ROOMS = "simple-matching:rooms"
@@ -161,6 +174,11 @@ def lua_constants(log_retention_ms: int, outbox_targets: frozenset[str] = frozen
         "FAIR_PATIENCE_MS": FAIR_PATIENCE_MS,
         "K_WAITING_FROM": WAITING_FROM,
         "K_SESSION_RATE": SESSION_RATE,
+        "K_ENQUEUE_RATE": ENQUEUE_RATE,
+        "K_RECENT_FROM": RECENT_FROM,
+        "ACTIVITY_WINDOW_MS": ACTIVITY_WINDOW_MS,
+        "FAIR_MAX_SLOTS": FAIR_MAX_SLOTS,
+        "LIMITS_KEEP_MS": LIMITS_KEEP_MS,
         "FAIR_SLOT_MS": FAIR_SLOT_MS,
         "QUEUE_KEEP_MS": QUEUE_KEEP_MS,
         "PAIR_TRIES": PAIRING_TRIES,

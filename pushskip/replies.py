@@ -60,16 +60,16 @@ def _match(value: object) -> Match | None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EnqueueReply:
-    # limited: the client's address has too many users waiting; banned: the app's
-    # backend banned the user. Nothing changed in either case.
-    status: Literal["waiting", "matched", "limited", "banned"]
+    # limited: the client's address has too many users waiting; rate-limited: it enqueues
+    # too fast; banned: the app's backend banned the user. Nothing changed in these cases.
+    status: Literal["waiting", "matched", "limited", "rate-limited", "banned"]
     match: Match | None
 
     @classmethod
     def decode(cls, raw: str | bytes) -> EnqueueReply:
         data = _object(raw)
         status = data.get("status")
-        if status not in ("waiting", "matched", "limited", "banned"):
+        if status not in ("waiting", "matched", "limited", "rate-limited", "banned"):
             raise ReplyError(f"enqueue status is {status!r}")
         return cls(status=status, match=_match(data.get("match")))
 

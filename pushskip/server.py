@@ -16,7 +16,9 @@ from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from pushskip import closing, services
 from pushskip.config import Settings
@@ -120,6 +122,112 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+# Once the server has sent its close frame, the peer has this long to finish the closing
+# handshake, and may send this much meanwhile; past either, the connection is dropped.
+CLOSE_GRACE_S = 2.0
+AFTER_CLOSE_BYTES = 16 * 1024
+# What the protocol parses at once: a client message's size limit.
+PARSE_SLICE_BYTES = 4096
+
+
+class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, spending nothing on a socket the server is closing.
+
+    uvicorn keeps reading, and parsing, whatever the peer sends for up to 10 s
+    after the server's close frame (waiting for the peer's), and a close whose
+    frame cannot be written (a peer that never reads) waits for as long as the
+    app lets it. A flooder that never reads thus kept a core busy for the 10 s.
+    Here, once the server closes (its own close, a frame over the size limit, a
+    missed heartbeat):
+
+    - the peer has CLOSE_GRACE_S to complete the closing handshake, and may send
+      AFTER_CLOSE_BYTES meanwhile (a close reply is a few bytes); past either
+      the connection is aborted, unflushed, and nothing more is read;
+    - a close frame that cannot even be written within CLOSE_GRACE_S (the
+      peer's window is full) is given up, and the connection aborted.
+
+    And what the peer sends is parsed only as fast as the app takes its
+    messages: uvicorn parses every frame of what one read brings (a read of a
+    flood is ~15,000 tiny frames, all queued for the app) and only then pauses
+    reading. Here a read is parsed PARSE_SLICE_BYTES at a time, the next slice
+    once the app has taken the messages of the last, so a socket the app closes
+    for its message rate costs the parsing of its burst, not of its flood.
+    """
+
+    _after_close = 0
+    _drop_timer: asyncio.TimerHandle | None = None
+    _unparsed = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.close_sent:
+            self._after_close += len(data) + len(self._unparsed)
+            self._unparsed = b""
+            if self._after_close > AFTER_CLOSE_BYTES:
+                self._drop()
+                return
+            super().data_received(data)
+            self._arm_drop()
+            return
+        self._unparsed += data
+        self._parse()
+
+    def _parse(self) -> None:
+        """Parse what was read, a slice at a time, while the app keeps up (or the handshake
+        is under way); the rest waits for the app's next receive, and nothing more is read
+        from the peer while some is left."""
+        while self._unparsed and not self.close_sent and not self.disconnected:
+            if self.handshake_initiated and self.read_paused:
+                break
+            piece = self._unparsed[:PARSE_SLICE_BYTES]
+            self._unparsed = self._unparsed[PARSE_SLICE_BYTES:]
+            super().data_received(piece)
+        if self.close_sent:
+            self._arm_drop()
+        elif self._unparsed and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    async def receive(self) -> ASGIReceiveEvent:
+        message = await super().receive()  # resumes reading once the app has taken every message
+        if self._unparsed and self.queue.empty():
+            self.read_paused = False
+            self._parse()
+        return message
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] == "websocket.close" and not self.writable.is_set():
+            # The peer reads nothing: its window is full and the close frame cannot go out.
+            try:
+                await asyncio.wait_for(self.writable.wait(), CLOSE_GRACE_S)
+            except TimeoutError:
+                self._drop()
+        await super().send(message)
+        if self.close_sent:
+            self._arm_drop()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._arm_drop()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+            self._drop_timer = None
+        super().connection_lost(exc)
+
+    def _arm_drop(self) -> None:
+        if self._drop_timer is None and not self.disconnected:
+            self._drop_timer = self.loop.call_later(CLOSE_GRACE_S, self._drop)
+
+    def _drop(self) -> None:
+        self._drop_timer = None
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        self.close_sent = True
+        if not self.disconnected:
+            self.transport.abort()
+
+
 def http_protocol(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
     return type(
         "PushskipHttpProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": header_timeout_s}
@@ -137,7 +245,7 @@ def server_config(app: Starlette, settings: Settings, *, host: str, port: int) -
         # X-Forwarded-For names the client only when a trusted proxy sent it.
         proxy_headers=bool(trusted),
         forwarded_allow_ips=list(trusted) if trusted else [],
-        ws="websockets-sansio",
+        ws=ClosingWebSocketProtocol,
         # A client message over 4 KiB closes the socket (1009) before we read it.
         ws_max_size=WS_MAX_MESSAGE_BYTES,
         # Events are tiny; per-message deflate would cost ~50 KiB per socket.

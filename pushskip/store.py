@@ -77,13 +77,23 @@ class LeftBehind:
     timestamp: int | None
 
 
-def enqueue_args(me: str, *, stale_s: int, address: str, max_waiting: int) -> list[str]:
-    """ARGV of lua/enqueue.lua (also for callers that pipeline it themselves)."""
-    return [me, new_room_name(), str(stale_s * 1000), address, str(max_waiting)]
+def enqueue_args(
+    me: str, *, stale_s: int, address: str, max_waiting: int, rate: float = 0
+) -> list[str]:
+    """ARGV of lua/enqueue.lua (also for callers that pipeline it themselves); `rate`:
+    enqueues the address may make a second (0: no limit)."""
+    return [me, new_room_name(), str(stale_s * 1000), address, str(max_waiting), repr(rate)]
 
 
 def skip_args(
-    me: str, *, requeue: bool, stale_s: int, cooldown_s: int, address: str, max_waiting: int
+    me: str,
+    *,
+    requeue: bool,
+    stale_s: int,
+    cooldown_s: int,
+    address: str,
+    max_waiting: int,
+    rate: float = 0,
 ) -> list[str]:
     """ARGV of lua/skip.lua."""
     return [
@@ -94,6 +104,7 @@ def skip_args(
         str(cooldown_s),
         address,
         str(max_waiting),
+        repr(rate),
     ]
 
 
@@ -115,11 +126,14 @@ class Store:
         outbox: frozenset[str] = frozenset(),
         on_change: Callable[[], None] | None = None,
         grace_s: float = 5.0,
+        enqueue_rate: float = 0,
     ) -> None:
         """`outbox`: the outbox targets (outbox.py) whose entries the steps record;
         `on_change`: called after a step that made or ended a match (it recorded some);
-        `grace_s`: how long a user who left their media room has to come back."""
+        `grace_s`: how long a user who left their media room has to come back;
+        `enqueue_rate`: enqueues one client address may make a second (0: no limit)."""
         self.grace_ms = grace_s * 1000
+        self.enqueue_rate = enqueue_rate
         self.redis = redis
         self.metrics = metrics
         self.scripts = Scripts.register(redis, retention_ms=retention_s * 1000, outbox=outbox)
@@ -131,7 +145,11 @@ class Store:
     async def enqueue(self, me: str, *, address: str) -> EnqueueReply:
         """Queue `me` (who connects from `address`) and pair the earliest waiting users."""
         args = enqueue_args(
-            me, stale_s=self.stale_s, address=address, max_waiting=self.max_waiting
+            me,
+            stale_s=self.stale_s,
+            address=address,
+            max_waiting=self.max_waiting,
+            rate=self.enqueue_rate,
         )
         reply = EnqueueReply.decode(await self.scripts.enqueue(*args))
         if reply.status == "matched":
@@ -152,6 +170,7 @@ class Store:
             cooldown_s=self.cooldown_s,
             address=address,
             max_waiting=self.max_waiting,
+            rate=self.enqueue_rate,
         )
         raw = await self.scripts.skip(*args)
         script_s = time.perf_counter() - t0

@@ -40,6 +40,7 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
         # Every test client comes from 127.0.0.1: per-address limits are tested on their own.
         "session_rate_per_min": 1_000_000,
         "max_waiting_per_address": 100_000,
+        "enqueue_rate_per_address": 1_000_000.0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -84,6 +85,7 @@ def app_process(redis_url: str, **env: str) -> Iterator[tuple[str, subprocess.Po
         "PUSHSKIP_RATE_BURST": "10000",
         "PUSHSKIP_SESSION_RATE_PER_MIN": "1000000",
         "PUSHSKIP_MAX_WAITING_PER_ADDRESS": "100000",
+        "PUSHSKIP_ENQUEUE_RATE_PER_ADDRESS": "1000000",
         **env,
     }
     argv = [sys.executable, "-m", "pushskip", "--log-level", "WARNING", "serve"]

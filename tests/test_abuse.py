@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -42,9 +46,10 @@ REAL_ADDRESSES = ("198.51.100.7", "203.0.113.9")
 
 @contextlib.asynccontextmanager
 async def server(url: str, **overrides: Any) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
-    async with run_server(make_settings(url, **overrides)) as base, httpx.AsyncClient(
-        base_url=base, timeout=10
-    ) as http:
+    async with (
+        run_server(make_settings(url, **overrides)) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
         yield base, http
 
 
@@ -70,9 +75,10 @@ async def test_ping_flood_is_closed_1008_and_others_keep_their_latency(
         a, b = await new_user(http), await new_user(http)
         await a.call("enqueue")
         await b.call("enqueue")
-        async with websockets.connect(ws_url(base, flooder)) as flood, websockets.connect(
-            ws_url(base, b)
-        ) as ws_b:
+        async with (
+            websockets.connect(ws_url(base, flooder)) as flood,
+            websockets.connect(ws_url(base, b)) as ws_b,
+        ):
             await recv_json(flood)
             await recv_json(ws_b)
             with contextlib.suppress(websockets.ConnectionClosed):
@@ -146,18 +152,21 @@ async def test_forwarded_for_is_ignored_unless_the_peer_is_trusted(
     buckets; with the peer trusted, each forwarded address has its own."""
     async with server(redis_server.url, session_rate_per_min=5) as (_, http):
         codes = [
-            (await http.post("/api/session", headers={"X-Forwarded-For": f"192.0.2.{i}"}))
-            .status_code
+            (
+                await http.post("/api/session", headers={"X-Forwarded-For": f"192.0.2.{i}"})
+            ).status_code
             for i in range(8)
         ]
         assert codes == [200] * 5 + [429] * 3
     await redis.flushall()
-    async with server(
-        redis_server.url, session_rate_per_min=5, trusted_proxies=("127.0.0.1",)
-    ) as (_, http):
+    async with server(redis_server.url, session_rate_per_min=5, trusted_proxies=("127.0.0.1",)) as (
+        _,
+        http,
+    ):
         codes = [
-            (await http.post("/api/session", headers={"X-Forwarded-For": f"192.0.2.{i}"}))
-            .status_code
+            (
+                await http.post("/api/session", headers={"X-Forwarded-For": f"192.0.2.{i}"})
+            ).status_code
             for i in range(8)
         ]
         assert codes == [200] * 8
@@ -168,9 +177,10 @@ async def test_session_limit_holds_across_processes_and_writes_nothing_when_refu
 ) -> None:
     """The per-address session limit is kept in Redis (two processes share it), and a
     refused mint changes nothing."""
-    async with server(redis_server.url, session_rate_per_min=4) as (_, one), server(
-        redis_server.url, session_rate_per_min=4
-    ) as (_, two):
+    async with (
+        server(redis_server.url, session_rate_per_min=4) as (_, one),
+        server(redis_server.url, session_rate_per_min=4) as (_, two),
+    ):
         codes = [(await http.post("/api/session")).status_code for http in (one, two) * 3]
         assert codes == [200] * 4 + [429] * 2
         before = await snapshot(redis)
@@ -273,8 +283,10 @@ async def test_bot_pool_on_one_address_cannot_keep_two_real_users_apart(
     # The bots were at it, and held the queue when the real users came.
     assert calls_before > 100 and bots_waiting == 20, (calls_before, bots_waiting)
     times = [elapsed for elapsed, _ in results]
-    print(f"bot pool: real users met each other after {times} s; bots met first: "
-          f"{[len(met) - 1 for _, met in results]}")
+    print(
+        f"bot pool: real users met each other after {times} s; bots met first: "
+        f"{[len(met) - 1 for _, met in results]}"
+    )
     assert max(times) <= 2.0, results
 
 
@@ -297,9 +309,7 @@ async def test_lone_surrogates_are_400_and_change_nothing(
     400, never a 500, and changes nothing."""
     user = await new_user(http)
     before = await snapshot(redis)
-    response = await user.post(
-        "check-room-valid", content=body
-    )
+    response = await user.post("check-room-valid", content=body)
     assert response.status_code == 400, response.text
     assert "Unicode" in response.json()["error"]
     assert await snapshot(redis) == before
@@ -338,7 +348,7 @@ async def test_client_dropping_its_upload_is_no_server_error(
             raw.sendall(
                 b"POST /api/simple-matching/enqueue HTTP/1.1\r\nHost: x\r\n"
                 b"Authorization: Bearer " + user.token.encode() + b"\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"a\": "
+                b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"a": '
             )
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.3)
@@ -375,3 +385,235 @@ async def test_session_verifier_can_refuse_a_session(
     finally:
         server_.should_exit = True
         await task
+
+
+# --- second round: churning sessions, and sockets that flood without reading ---------------
+
+
+def raw_socket_to(base: str, token: str) -> socket.socket:
+    """A WebSocket opened by hand: the handshake, then nothing more read, for a client that
+    sends frames as fast as TCP takes them and never reads a byte of what comes back."""
+    parts = urlsplit(base)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.sendall(
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)  # up to the end of the 101 and not a byte further
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
+def masked_frame(payload: bytes) -> bytes:
+    """One masked text frame (a client's), payload under 126 bytes."""
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + body
+
+
+def flood_until_dropped(sock: socket.socket, chunk: bytes, limit_bytes: int) -> int:
+    """Send `chunk` over and over until the server drops the connection (or `limit_bytes`
+    went out); the bytes sent."""
+    sent = 0
+    sock.settimeout(10)
+    try:
+        while sent < limit_bytes:
+            sent += sock.send(chunk)
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        pass
+    finally:
+        sock.close()
+    return sent
+
+
+async def test_a_never_reading_ping_flooder_is_dropped_and_no_longer_read(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """A socket that floods pings and never reads: once the server has decided to close it
+    (over its message rate) it reads no more of the flood and drops the connection soon,
+    instead of parsing what keeps coming (uvicorn alone reads on for 10 s)."""
+    async with server(redis_server.url, ws_msg_rate=10.0) as (base, http):
+        user = await new_user(http)
+        sock = await asyncio.to_thread(raw_socket_to, base, user.token)
+        chunk = masked_frame(b'{"type":"ping"}') * 4096
+        started = time.monotonic()
+        sent = await asyncio.to_thread(flood_until_dropped, sock, chunk, 512 * 1024 * 1024)
+        elapsed = time.monotonic() - started
+        metrics = (await http.get("/metrics")).text
+    # What fits in the sockets' buffers and the grace after the close, not a flood's worth.
+    assert sent < 64 * 1024 * 1024, sent
+    assert elapsed < 10, elapsed
+    assert "pushskip_ws_rate_limited_closes_total 1.0" in metrics
+    print(f"never-reading flooder: dropped after {elapsed:.2f} s, {sent / 1e6:.1f} MB sent")
+
+
+async def test_a_never_reading_socket_over_the_frame_limit_is_dropped(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """A frame over 4 KiB from a client that never reads: the connection is dropped soon
+    after the 1009, however much the client goes on sending."""
+    async with server(redis_server.url) as (base, http):
+        user = await new_user(http)
+        sock = await asyncio.to_thread(raw_socket_to, base, user.token)
+        header = bytes([0x81, 0xFF]) + (16 * 1024 * 1024).to_bytes(8, "big") + b"\x00" * 4
+        sock.sendall(header)
+        started = time.monotonic()
+        sent = await asyncio.to_thread(flood_until_dropped, sock, b"\x00" * 65536, 16 * 1024 * 1024)
+        elapsed = time.monotonic() - started
+    assert sent < 16 * 1024 * 1024 and elapsed < 10, (sent, elapsed)
+
+
+async def test_an_address_that_churns_sessions_gets_429s_and_cannot_catch_real_users(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """200 sessions from one address re-enqueue as fast as they can and leave whenever two
+    of them meet; two real users from two other addresses, each skipping every bot it meets,
+    meet each other within 2 s, in each of 5 runs (median within 1 s); the attacker's
+    address gets 429s."""
+    env = {
+        "PUSHSKIP_TRUSTED_PROXIES": "127.0.0.1",
+        "PUSHSKIP_MAX_WAITING_PER_ADDRESS": "20",
+        "PUSHSKIP_ENQUEUE_RATE_PER_ADDRESS": "100",
+        "PUSHSKIP_REMATCH_COOLDOWN_S": "60",
+    }
+    with app_process(redis_server.url, **env) as (base, _):
+        # The attacker in a process of its own: its load must not slow the real users' clients.
+        argv = [sys.executable, "-m", "bench.churn", "--base", base, "--address", BOT_ADDRESS]
+        churner = await asyncio.create_subprocess_exec(
+            *argv, "--sessions", str(BOTS), "--seconds", "120", stdout=subprocess.PIPE
+        )
+        times: list[float] = []
+        try:
+            async with httpx.AsyncClient(base_url=base, timeout=20) as http:
+                await asyncio.sleep(3.0)  # sessions made, the churn under way
+                for run in range(5):
+                    a = await session_from(http, REAL_ADDRESSES[0])
+                    b = await session_from(http, REAL_ADDRESSES[1])
+                    meetings: dict[str, list[str]] = {}
+                    try:
+                        results = await asyncio.wait_for(
+                            asyncio.gather(meet(base, a, b, meetings), meet(base, b, a, meetings)),
+                            15,
+                        )
+                    except TimeoutError:
+                        raise AssertionError(("never met", run, meetings)) from None
+                    times.append(max(elapsed for elapsed, _ in results))
+                    await a.call("leave")
+                    await b.call("leave")
+        finally:
+            churner.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.wait_for(churner.communicate(), 30)
+    counts = json.loads(out.decode().strip().splitlines()[-1])
+    times.sort()
+    print(
+        f"churning bots ({counts['enqueues_per_s']} enqueues/s, {counts['answered_429']} "
+        f"answered 429, {counts['held_others']} real users held): real users met after "
+        f"{[round(t, 2) for t in times]} s"
+    )
+    assert counts["answered_429"] > 0 and counts["bot_meetings"] > 0, counts
+    assert max(times) <= 2.0 and times[2] <= 1.0, times
+
+
+async def meet(
+    base: str, user: User, other: User, meetings: dict[str, list[str]]
+) -> tuple[float, list[str]]:
+    """`user` looks for `other`, skipping everyone else it is matched with (seen on its socket);
+    how long it took, and whom it met."""
+    met = meetings[user.id] = []
+    async with websockets.connect(ws_url(base, user)) as ws:
+        await recv_json(ws)
+        started = time.monotonic()
+        await user.call("enqueue")
+        while True:
+            event = await recv_json(ws, timeout=10)
+            if event["type"] in ("partner-skipped", "partner-left"):
+                await user.call("enqueue")  # as the bundled client does
+            if event["type"] != "matched":
+                continue
+            partner = event["match"]["partnerId"]
+            met.append(partner)
+            if partner == other.id:
+                return time.monotonic() - started, met
+            await user.call("skip", {"requeue": True})
+
+
+async def test_a_user_alone_at_an_address_always_queues_at_now(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """However often a lone user comes back, their place is now; an address that queued many
+    users in the last seconds queues its next one further back, and that decays."""
+    async with server(redis_server.url, trusted_proxies=("127.0.0.1",)) as (_, http):
+        lone = await session_from(http, REAL_ADDRESSES[0])
+        for _ in range(30):
+            await lone.call("enqueue")
+            place = await redis.zscore(keys.QUEUE, lone.id)
+            assert place is not None and abs(place - time.time() * 1000) < 500
+            await lone.call("leave")
+        crowd = [await session_from(http, BOT_ADDRESS) for _ in range(6)]
+        for user in crowd[:5]:
+            await user.call("enqueue")
+            await user.call("leave")
+        await crowd[5].call("enqueue")
+        place = await redis.zscore(keys.QUEUE, crowd[5].id)
+        assert place is not None and place - time.time() * 1000 > 5 * keys.FAIR_SLOT_MS - 500
+        assert await redis.zcard(keys.RECENT_FROM + BOT_ADDRESS) == 6
+        assert 0 < await redis.pttl(keys.RECENT_FROM + BOT_ADDRESS) <= keys.LIMITS_KEEP_MS
+
+
+async def test_the_enqueue_rate_holds_across_processes_and_a_refused_enqueue_writes_nothing(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """PUSHSKIP_ENQUEUE_RATE_PER_ADDRESS counts one address's enqueues over every process:
+    past it, 429 with nothing written; another address is not affected."""
+    env = {"PUSHSKIP_TRUSTED_PROXIES": "127.0.0.1", "PUSHSKIP_ENQUEUE_RATE_PER_ADDRESS": "5"}
+    with (
+        app_process(redis_server.url, **env) as (url_1, _),
+        app_process(redis_server.url, **env) as (url_2, _),
+    ):
+        async with (
+            httpx.AsyncClient(base_url=url_1, timeout=10) as h1,
+            httpx.AsyncClient(base_url=url_2, timeout=10) as h2,
+        ):
+            users = [await session_from(h, BOT_ADDRESS) for h in (h1, h2) for _ in range(4)]
+            statuses = [(await u.post("enqueue", json={})).status_code for u in users]
+            assert statuses.count(200) == 5 and statuses.count(429) == 3, statuses
+            refused = users[statuses.index(429)]
+            before = await snapshot(redis)
+            again = await refused.post("enqueue", json={})
+            assert again.status_code == 429
+            assert "slow down" in again.json()["error"]
+            assert await snapshot(redis) == before
+            other = await session_from(h2, REAL_ADDRESSES[0])
+            assert (await other.post("enqueue", json={})).status_code == 200
+
+
+async def test_concurrent_enqueues_from_one_address_never_overdraw_its_allowance(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """Forty enqueues from one address at once, x5 rounds (each after the allowance has
+    refilled): the allowance (10) goes through, plus what refilled while they came in (10 a
+    second), never more; and the 429s wrote nothing of theirs (no queue entry, no
+    recent-activity entry)."""
+    async with server(
+        redis_server.url, trusted_proxies=("127.0.0.1",), enqueue_rate_per_address=10.0
+    ) as (_, http):
+        for _ in range(5):
+            await redis.flushall()
+            users = [await session_from(http, BOT_ADDRESS) for _ in range(40)]
+            # Nobody pairs: every user is in cooldown with every other.
+            async with redis.pipeline(transaction=False) as pipe:
+                for i, x in enumerate(users):
+                    for y in users[i + 1 :]:
+                        pipe.set(keys.rematch_cooldown(x.id, y.id), "x", ex=60)
+                await pipe.execute()
+            started = time.monotonic()
+            responses = await asyncio.gather(*(u.post("enqueue", json={}) for u in users))
+            refilled = int((time.monotonic() - started) * 10) + 1
+            ok = [u.id for u, r in zip(users, responses, strict=True) if r.status_code == 200]
+            assert 10 <= len(ok) <= 10 + refilled, ([r.status_code for r in responses], refilled)
+            assert all(r.status_code in (200, 429) for r in responses)
+            assert set(await redis.zrange(keys.QUEUE, 0, -1)) == set(ok)
+            assert set(await redis.zrange(keys.RECENT_FROM + BOT_ADDRESS, 0, -1)) == set(ok)

@@ -137,6 +137,13 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
     assert report["integrations"]["receiver"]["requests"] > 0
     assert report["integrations"]["livekit"]["deletes"] > 0
 
+    # Abuse: every case ran; the churning attacker got 429s, the honest crowd all matched.
+    abuse = report["abuse"]
+    assert abuse["never_reading_flood"]["connections"] >= 1
+    assert abuse["churning_sessions"]["attacker"]["answered_429"] > 0
+    assert abuse["honest_nat"]["never_matched"] == 0
+    assert 1009 in abuse["big_frame_close_codes"]
+
     # Targets are all evaluated, and the Markdown and plots were written next to the JSON.
     assert {t["id"] for t in report["targets"]} >= {
         "push_p50",
@@ -157,6 +164,7 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         "## Saturation",
         "## Capacity",
         "## Integrations",
+        "## Abuse",
         "## Targets",
         "app CPU ms/skip",
         "serve --workers 2",

@@ -169,11 +169,11 @@ async def test_aud_and_iss_are_checked_when_configured() -> None:
 
 # --- what is refused --------------------------------------------------------------------
 
-NOW = int(time.time())
+# Times as offsets from when the test runs (the module may be imported minutes before).
 BAD_CLAIMS = [
-    pytest.param({"exp": NOW - 120}, "expired", id="expired"),
-    pytest.param({"nbf": NOW + 300}, "not yet valid", id="not-yet-valid"),
-    pytest.param({"iat": NOW + 300}, "not yet valid", id="issued-in-the-future"),
+    pytest.param({"exp": -120}, "expired", id="expired"),
+    pytest.param({"nbf": 300}, "not yet valid", id="not-yet-valid"),
+    pytest.param({"iat": 300}, "not yet valid", id="issued-in-the-future"),
     pytest.param({"exp": None}, "", id="no-exp"),
     pytest.param({"exp": "soon"}, "", id="exp-not-a-number"),
     pytest.param({"sub": None}, "", id="no-sub"),
@@ -189,7 +189,12 @@ BAD_CLAIMS = [
 @pytest.mark.parametrize(("claims", "why"), BAD_CLAIMS)
 async def test_bad_claims_are_refused(claims: dict[str, Any], why: str) -> None:
     """Expired, not yet valid, no exp, and a sub outside 1-64 of A-Za-z0-9_-.:@ are refused."""
-    payload = {k: v for k, v in {**app_claims("frank"), **claims}.items() if v is not None}
+    now = int(time.time())
+    timed = {
+        k: now + v if k in ("exp", "nbf", "iat") and isinstance(v, int) else v
+        for k, v in claims.items()
+    }
+    payload = {k: v for k, v in {**app_claims("frank"), **timed}.items() if v is not None}
     token = jwt.encode(payload, APP_JWT_SECRET, "HS256")
     await refused(app_tokens(None), token, why)
 

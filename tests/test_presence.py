@@ -247,11 +247,11 @@ async def test_gone_against_skip_in_flight_ends_the_match_once(redis: Redis) -> 
     sweep = Script(redis, "sweep", retention_ms=60_000)
     for round_ in range(RACE_ROUNDS):
         gone, skipper = f"u_gone{round_:012d}xx", f"u_skip{round_:012d}xx"
-        await enqueue(gone, f"room-{round_}", "60000", "127.0.0.1", "100")
-        await enqueue(skipper, f"room-x{round_}", "60000", "127.0.0.1", "100")
+        await enqueue(gone, f"room-{round_}", "60000", "127.0.0.1", "100", "0")
+        await enqueue(skipper, f"room-x{round_}", "60000", "127.0.0.1", "100", "0")
         await redis.zadd(keys.PRESENCE_DEADLINES, {gone: 0})
         calls = [
-            skip(skipper, "0", "room-unused", "60000", "60", "127.0.0.1", "100"),
+            skip(skipper, "0", "room-unused", "60000", "60", "127.0.0.1", "100", "0"),
             sweep("0", "100", "60"),
         ]
         if round_ % 2:

@@ -29,7 +29,7 @@ from tests.test_ws import assert_silent, recv_json, ws_url
 
 PAIRS = 25  # 50 sockets
 # Keys kept per app process or per client address (with TTLs), not per user.
-PER_PROCESS_OR_ADDRESS = ("presence:", "simple-matching:", "session-rate:")
+PER_PROCESS_OR_ADDRESS = ("presence:", "simple-matching:", "session-rate:", "enqueue-rate:")
 OUTAGE_S = 3.0
 
 

@@ -45,10 +45,10 @@ def test_source_maps_each_line_back_to_its_file(name: str) -> None:
 async def test_a_failing_script_names_the_lua_file_and_line(redis: Redis) -> None:
     """A Lua error inside lib.lua, raised through a real Redis, says `lib.lua:<line>`."""
     enqueue = Script(redis, "enqueue", retention_ms=RETENTION_MS)
-    await enqueue(new_user_id(), new_room_name(), "60000", "::1", "9")  # someone waiting
+    await enqueue(new_user_id(), new_room_name(), "60000", "::1", "9", "0")  # someone waiting
     with pytest.raises(ScriptError) as info:
         # A stale_ms that is not a number fails where lib.lua compares against it.
-        await enqueue(new_user_id(), new_room_name(), "not-a-number", "::1", "9")
+        await enqueue(new_user_id(), new_room_name(), "not-a-number", "::1", "9", "0")
     expected = line_of("lib.lua", "seen < now - stale_ms")
     assert f"lib.lua:{expected}" in str(info.value)
     assert "user_script:" not in str(info.value)
@@ -61,14 +61,14 @@ async def test_script_replies_decode_by_name(redis: Redis) -> None:
     enqueue, skip, leave, check = (
         registered.enqueue, registered.skip, registered.leave, registered.check_disconnect
     )
-    waiting = EnqueueReply.decode(await enqueue(a, new_room_name(), "60000", "::1", "9"))
+    waiting = EnqueueReply.decode(await enqueue(a, new_room_name(), "60000", "::1", "9", "0"))
     assert waiting == EnqueueReply("waiting", None)
-    matched = EnqueueReply.decode(await enqueue(b, "room-x", "60000", "::1", "9"))
+    matched = EnqueueReply.decode(await enqueue(b, "room-x", "60000", "::1", "9", "0"))
     assert matched.status == "matched" and matched.match is not None
     assert (matched.match["roomName"], matched.match["partnerId"]) == ("room-x", a)
-    skipped = SkipReply.decode(await skip(b, "0", new_room_name(), "60000", "60", "::1", "9"))
+    skipped = SkipReply.decode(await skip(b, "0", new_room_name(), "60000", "60", "::1", "9", "0"))
     assert skipped == SkipReply(True, "room-x", a, "idle", None)
-    again = SkipReply.decode(await skip(b, "0", new_room_name(), "60000", "60", "::1", "9"))
+    again = SkipReply.decode(await skip(b, "0", new_room_name(), "60000", "60", "::1", "9", "0"))
     assert again == SkipReply(False)
     assert CheckDisconnectReply.decode(await check(a)).reason == "force-disconnect"
     assert CheckDisconnectReply.decode(await check(a)).reason is None

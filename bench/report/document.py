@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.report.abuse_sections import abuse_section
 from bench.report.cost_sections import capacity_section, micro_section
 from bench.report.integration_sections import integrations_section
 from bench.report.latency_sections import (
@@ -33,6 +34,7 @@ def markdown(results: dict[str, Any], json_rel: Path, pngs: dict[str, Path], not
     out += saturation_section(results, pngs)
     out += profile_section(results)
     out += integrations_section(results)
+    out += abuse_section(results)
     out += capacity_section(results, pngs)
     out += micro_section(results)
     out += _tail(results, notes)

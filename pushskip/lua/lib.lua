@@ -94,19 +94,49 @@ local function dequeue(user)
   end
 end
 
+-- The client address's enqueue allowance: `rate` a second, one second's worth
+-- saved at most (a token bucket, in thousandths of an enqueue). Returns what
+-- is left once this enqueue is taken (for spend_enqueue), or false when there
+-- is not one left (nothing written).
+local function enqueue_allowance(address, now, rate)
+  if rate <= 0 then return -1 end
+  local got = redis.call('HMGET', K_ENQUEUE_RATE .. address, 'milli', 'at')
+  local full = math.floor(rate * 1000)
+  local milli = tonumber(got[1]) or full
+  local at = tonumber(got[2]) or now
+  milli = math.min(full, milli + math.floor((now - at) * rate))
+  if milli < 1000 then return false end
+  return milli - 1000
+end
+
+local function spend_enqueue(address, now, left)
+  if left < 0 then return end
+  local key = K_ENQUEUE_RATE .. address
+  redis.call('HSET', key, 'milli', left, 'at', now)
+  redis.call('PEXPIRE', key, LIMITS_KEEP_MS)
+end
+
 -- Puts `me` in the queue unless they are there already (then they keep their
 -- place). A place is a time (fair queuing by client address): now, plus
--- FAIR_SLOT_MS for each user already waiting from the same address, so an
--- address with many users waiting queues the next one far behind everyone
--- else's, whatever its number of sessions, while a user alone at their
--- address always queues at now, however often they come back. Returns
--- false, writing nothing, when `address` already has max_waiting waiting.
+-- FAIR_SLOT_MS for each other user the address has waiting, and for each
+-- other user it queued in the last ACTIVITY_WINDOW_MS (at most FAIR_MAX_SLOTS
+-- in all). An address that queues many users, or churns through many
+-- sessions that come and go, queues its next one far behind everyone else's,
+-- and this decays within the window once it stops; a user alone at their
+-- address always queues at now, however often they come back. Returns false,
+-- writing nothing, when `address` already has max_waiting waiting.
 local function join_queue(me, now, address, max_waiting)
   if not redis.call('ZSCORE', K_QUEUE, me) then
     local waiting = K_WAITING_FROM .. address
     local count = redis.call('SCARD', waiting)
     if count >= max_waiting then return false end
-    redis.call('ZADD', K_QUEUE, now + FAIR_SLOT_MS * count, me)
+    local recent = K_RECENT_FROM .. address
+    redis.call('ZREMRANGEBYSCORE', recent, '-inf', now - ACTIVITY_WINDOW_MS)
+    redis.call('ZADD', recent, now, me)
+    redis.call('PEXPIRE', recent, LIMITS_KEEP_MS)
+    local others = redis.call('ZCARD', recent) - 1
+    local slots = math.min(FAIR_MAX_SLOTS, count + others)
+    redis.call('ZADD', K_QUEUE, now + FAIR_SLOT_MS * slots, me)
     redis.call('SADD', waiting, me)
     redis.call('PEXPIRE', waiting, QUEUE_KEEP_MS)
     redis.call('HSET', K_QUEUE_ADDRESS, me, address)
@@ -185,11 +215,16 @@ local function pair_earliest(room, now, stale_ms)
 end
 
 -- `me` joins the queue (see join_queue), then the two earliest waiting users
--- that may meet are paired, `me` or not. Returns 'banned' or 'limited'
--- (nothing written), me's match view when `me` was paired, or nil when `me` waits.
-local function enqueue_and_pair(me, room, now, stale_ms, address, max_waiting)
+-- that may meet are paired, `me` or not. Returns 'banned', 'rate-limited' (the
+-- address's enqueue allowance, see enqueue_allowance) or 'limited' (its waiting
+-- users), writing nothing, me's match view when `me` was paired, or nil when
+-- `me` waits.
+local function enqueue_and_pair(me, room, now, stale_ms, address, max_waiting, rate)
   if redis.call('EXISTS', K_BANNED .. me) == 1 then return 'banned' end
+  local allowance = enqueue_allowance(address, now, rate)
+  if not allowance then return 'rate-limited' end
   if not join_queue(me, now, address, max_waiting) then return 'limited' end
+  spend_enqueue(address, now, allowance)
   local m = pair_earliest(room, now, stale_ms)
   if m and (m.user1 == me or m.user2 == me) then return match_view(m, me) end
   return nil

@@ -2,7 +2,8 @@
 -- ARGV[1] me, ARGV[2] '1' to requeue me, ARGV[3] room name for a new pair,
 -- ARGV[4] stale_ms, ARGV[5] rematch cooldown seconds, ARGV[6] me's client
 -- address, ARGV[7] most users one address may have waiting (past it, the skip
--- still ends the match but `me` is not requeued: status 'idle').
+-- still ends the match but `me` is not requeued: status 'idle'), ARGV[8]
+-- enqueues one address may make a second (past it, likewise not requeued).
 -- Returns JSON {skipped = false} with no match, else {skipped = true,
 -- roomName, partnerId, status = 'idle'|'waiting'|'matched', match = new match
 -- or absent}. Both users skipping at once: the first script ends the match,
@@ -10,7 +11,7 @@
 -- partner-skipped at most.
 local me, requeue, new_room = ARGV[1], ARGV[2] == '1', ARGV[3]
 local stale_ms, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
-local address, max_waiting = ARGV[6], tonumber(ARGV[7])
+local address, max_waiting, rate = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
 local room, other = end_match(me, 'skipped', me, now)
 if not room then return cjson.encode({skipped = false}) end
@@ -26,8 +27,8 @@ redis.call('SET', cooldown_key(me, other), room, 'EX', cooldown)
 append_event(other, {type = 'partner-skipped', roomName = room, skippedBy = me}, now)
 local reply = {skipped = true, roomName = room, partnerId = other, status = 'idle'}
 if requeue then
-  local m = enqueue_and_pair(me, new_room, now, stale_ms, address, max_waiting)
-  if m == 'limited' or m == 'banned' then
+  local m = enqueue_and_pair(me, new_room, now, stale_ms, address, max_waiting, rate)
+  if m == 'limited' or m == 'banned' or m == 'rate-limited' then
     reply.status = 'idle'
   else
     reply.match = m
