@@ -415,7 +415,7 @@ async def run_cases(redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
                 http, base, ws_base, proc.pid, args.flood_s, args.skips
             )
             before = rss_kib(proc.pid)
-            codes = await big_frames(ws_base, http, 20)
+            codes = await big_frames(ws_base, http, args.big_frames)
             after = rss_kib(proc.pid)
             churn = await churn_case(http, base, ws_base)
             crowd = await crowd_case(http, ws_base, args.crowd_s, rng)
@@ -428,7 +428,8 @@ async def run_cases(redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
         "flood_pings_sent": pings,
         "never_reading_flood": never_reading,
         "rss_kib_before_big_frames": before,
-        "rss_kib_after_20_frames_of_16_mb": after,
+        "rss_kib_after_frames_of_16_mb": after,
+        "frames_of_16_mb": args.big_frames,
         "big_frame_close_codes": sorted({c for c in codes if c is not None}),
         "churning_sessions": churn,
         "honest_nat": crowd,
@@ -450,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skips", type=int, default=100)
     parser.add_argument("--flood-s", type=float, default=10.0)
     parser.add_argument("--crowd-s", type=float, default=30.0)
+    parser.add_argument("--big-frames", type=int, default=20)
     args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(measure(args)), indent=2))
     return 0
@@ -467,7 +469,10 @@ async def phase_abuse(bench: Any, results: dict[str, Any]) -> None:
         return
     quick = bench.cfg.quick
     args = argparse.Namespace(
-        skips=20 if quick else 100, flood_s=3.0 if quick else 10.0, crowd_s=5.0 if quick else 30.0
+        skips=10 if quick else 100,
+        flood_s=2.0 if quick else 10.0,
+        crowd_s=4.0 if quick else 30.0,
+        big_frames=5 if quick else 20,
     )
     url = bench.redis_url.split("?", 1)[0] + "?db=7"
     results["abuse"] = await run_cases(url, args)

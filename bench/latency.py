@@ -108,12 +108,16 @@ async def paced(
 class RedisPairer:
     """Pairs (receiver, skipper) with the enqueue script, many pairs per pipeline."""
 
-    def __init__(self, redis_url: str, outbox: frozenset[str] = frozenset()) -> None:
-        """`outbox`: the outbox targets the app records for (its scripts must be the same)."""
+    def __init__(
+        self, redis_url: str, outbox: frozenset[str] = frozenset(), script_key: str = ""
+    ) -> None:
+        """`outbox`: the outbox targets the app records for (its scripts must be the same);
+        `script_key`: the key a script declares (in a cluster: its hash tag), or none."""
         from bench.resp import Resp
 
         self.resp = Resp(redis_url)
         self.outbox = outbox
+        self.declared = [1, script_key] if script_key else [0]
         self.sha: dict[str, str] = {}
 
     async def _sha(self, name: str) -> str:
@@ -133,7 +137,7 @@ class RedisPairer:
                 args = enqueue_args(
                     user, stale_s=STALE_S, address=ADDRESS, max_waiting=MAX_WAITING
                 )
-                commands.append(["EVALSHA", sha, 0, *args])
+                commands.append(["EVALSHA", sha, *self.declared, *args])
         replies = await self.resp.pipeline(commands)
         rooms: list[str | None] = []
         for i, (r, _) in enumerate(plan):
@@ -157,7 +161,7 @@ class RedisPairer:
     async def unpair(self, users: list[User]) -> None:
         sha = await self._sha("leave")
         await self.resp.pipeline(
-            [["EVALSHA", sha, 0, *leave_args(u[0], cooldown_s=1)] for u in users]
+            [["EVALSHA", sha, *self.declared, *leave_args(u[0], cooldown_s=1)] for u in users]
         )
 
     async def close(self) -> None:
@@ -225,10 +229,15 @@ class Scenario:
         skip_via: str = "http",
         redis_url: str | None = None,
         outbox: frozenset[str] = frozenset(),
+        redis_pids: list[int] | None = None,
+        script_key: str = "",
     ) -> None:
-        """`redis_url`: the app's Redis when it is not the bench's (another db); `outbox`:
-        the outbox targets the app records entries for (the re-pairing must record them too)."""
+        """`redis_url`: the app's Redis when it is not the bench's (another db, another
+        deployment); `outbox`: the outbox targets the app records entries for (the re-pairing
+        must record them too); `redis_pids`: the Redis server processes to measure, when not
+        the bench's; `script_key`: the one key scripts declare (a cluster's hash tag)."""
         self.bench = bench
+        self.redis_pids = redis_pids
         # "ws": the skippers hold sockets too (indices pairs + i in the listener) and skip
         # over them (`{"type":"skip",...}`, answered by a `reply`), instead of over HTTP.
         self.skip_via = skip_via
@@ -246,7 +255,7 @@ class Scenario:
         pair_url = redis_url or bench.redis_url
         self.redis_url = pair_url
         self.pairer: RedisPairer | HttpPairer = (
-            RedisPairer(pair_url, outbox)
+            RedisPairer(pair_url, outbox, script_key)
             if pair_url is not None
             else HttpPairer(HttpPool(base, 8))
         )
@@ -462,9 +471,12 @@ class Scenario:
         self.skip_failures.clear()
         await self.bench.listener.call("flush")  # forget what arrived before this phase
         calls0 = await self._redis_calls()
+        pids = self.bench.pids(app=self.app_pid)
+        if self.redis_pids is not None:
+            pids["redis"] = None
+            pids.update({f"redis{i}": pid for i, pid in enumerate(self.redis_pids)})
         meter = CpuMeter(
-            self.bench.pids(app=self.app_pid),
-            children=frozenset({"app"}) if self.app_children else frozenset(),
+            pids, children=frozenset({"app"}) if self.app_children else frozenset()
         ).start()
         run = await paced(rate, warmup_s, duration_s, self.fire, rng=self.rng, on_tick=on_tick)
         cpu = meter.stop()
@@ -482,6 +494,8 @@ class Scenario:
         cpu_ms_per_skip = (
             round(1000 * app_s / answered, 3) if app_s is not None and answered else None
         )
+        redis_s = sum(v for k, v in meter.seconds.items() if k.startswith("redis"))
+        redis_ms_per_skip = round(1000 * redis_s / answered, 3) if answered else None
         grace = 0.5 if self.transport == "ws" else self.bench.cfg.poll_interval_s + 0.5
         await asyncio.sleep(grace)
         got = await self.bench.listener.call("flush")
@@ -503,6 +517,7 @@ class Scenario:
                 "http_connections_peak": self.pool.peak_open,
                 "cpu_pct": cpu,
                 "app_cpu_ms_per_skip": cpu_ms_per_skip,
+                "redis_cpu_ms_per_skip": redis_ms_per_skip,
                 "redis_scripts_per_skip": redis_calls_per_skip,
                 "skips_answered": answered,
                 "listener": got,

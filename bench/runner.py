@@ -14,7 +14,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import abuse, capacity, floors, integrations, latency, micro, saturation
+from bench import (
+    abuse,
+    capacity,
+    deployments,
+    floors,
+    integrations,
+    latency,
+    micro,
+    saturation,
+)
 from bench.harness import UI, Bench, BenchConfig
 
 Phase = Callable[[Bench, dict[str, Any]], Awaitable[None]]
@@ -30,6 +39,7 @@ PHASE_FUNCS: dict[str, Phase] = {
     "capacity": capacity.phase_capacity,
     "integrations": integrations.phase_integrations,
     "abuse": abuse.phase_abuse,
+    "deployments": deployments.phase_deployments,
 }
 PHASES = tuple(PHASE_FUNCS)
 

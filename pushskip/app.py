@@ -9,9 +9,6 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
@@ -20,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from pushskip import api, server_api, ws
+from pushskip import api, redisform, server_api, ws
 from pushskip.auth import TokenSigner
 from pushskip.config import Settings
 from pushskip.hub import Hub
@@ -32,6 +29,7 @@ from pushskip.metrics import Metrics
 from pushskip.outbox import Outbox, Target
 from pushskip.presence import Presence
 from pushskip.ratelimit import RateLimiter
+from pushskip.redisform import Commands, PubSubSource
 from pushskip.retry import retry_read
 from pushskip.services import Services, SessionVerifier, services
 from pushskip.staticfiles import CachedStaticFiles
@@ -45,7 +43,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # pushskip/static/; a source checkout (and an editable install, so edits show
 # without reinstalling) serves the repository's top-level static/.
 STATIC_DIRS = (PACKAGE_DIR / "static", PACKAGE_DIR.parent / "static")
-REDIS_POOL_SIZE = 64
 SHUTDOWN_STEP_S = 10.0
 
 
@@ -89,29 +86,11 @@ async def healthz(request: Request) -> Response:
     )
 
 
-def redis_clients(settings: Settings) -> tuple[Redis, Redis]:
-    """The command client, and the pub/sub client that must not retry on its own."""
+def redis_clients(settings: Settings) -> tuple[Commands, PubSubSource]:
+    """The command client, and where the pub/sub connection goes (redisform.py)."""
     if not settings.redis_url:
         raise ValueError("Settings.redis_url is required (the CLI starts a private server)")
-    timeout = settings.redis_timeout_s
-    # A burst waits (up to the timeout) for one of a bounded set of
-    # connections; redis-py's default pool fails the 101st concurrent command.
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=REDIS_POOL_SIZE,
-        timeout=timeout,
-        decode_responses=True,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-    )
-    commands = Redis.from_pool(pool)
-    pubsub = Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return commands, pubsub
+    return redisform.clients(settings.redis_url, settings.redis_timeout_s)
 
 
 def media_provider(settings: Settings) -> MediaProvider | None:
@@ -167,7 +146,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis, pubsub_redis = redis_clients(settings)
+        assert settings.redis_url is not None
+        redisform.use_key_names(settings.redis_url)
+        redis, pubsub_source = redis_clients(settings)
         retention_ms = settings.log_retention_s * 1000
         media = media_provider(settings)
         outbox = Outbox(
@@ -183,7 +164,7 @@ def create_app(
         app_jwts = app_tokens(settings)
         signer = TokenSigner(settings.secret, ttl_s=settings.token_ttl_s)
         link = PubSubLink(
-            redis, pubsub_redis, metrics, watchdog_interval_s=settings.watchdog_interval_s
+            redis, pubsub_source, metrics, watchdog_interval_s=settings.watchdog_interval_s
         )
         hub = Hub(
             link,
@@ -239,7 +220,7 @@ def create_app(
         finally:
             # Each step is bounded: uvicorn waits for the lifespan without a limit,
             # and a process that cannot stop is worse than one that skips a goodbye.
-            steps = [outbox.stop, presence.stop, hub.stop, pubsub_redis.aclose, redis.aclose]
+            steps = [outbox.stop, presence.stop, hub.stop, pubsub_source.aclose, redis.aclose]
             if jwks is not None:
                 steps.insert(0, jwks.stop)
             for step in steps:

@@ -113,6 +113,26 @@ def http_url(name: str, raw: str) -> str:
     return raw.strip()
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+
+
+def redis_url(name: str, raw: str) -> str:
+    """One server, a Sentinel-managed primary (hosts and a master name) or a cluster (hosts)."""
+    url = raw.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"{name} must start with one of {', '.join(REDIS_SCHEMES)}://")
+    if parts.scheme in ("redis+sentinel", "redis+cluster"):
+        hostlist = parts.netloc.rpartition("@")[2]
+        for item in hostlist.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"{name}: {item!r} is not host:port")
+        if parts.scheme == "redis+sentinel" and not parts.path.strip("/"):
+            raise ConfigError(f"{name} must name the master: redis+sentinel://h:p,.../<master>")
+    return url
+
+
 def server_url(name: str, raw: str) -> str:
     """An absolute ws(s):// or http(s):// URL (a media server's)."""
     parts = urlsplit(raw.strip())
@@ -231,8 +251,12 @@ def _random_secret() -> str:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     redis_url: str | None = setting(
-        None, "`redis://host:port/db` or `unix:///path`", env="REDIS_URL",
+        None,
+        "`redis://host:port/db`, `unix:///path`, `redis+sentinel://h:p,.../<master>` or "
+        "`redis+cluster://h:p,...` (see Redis deployments)",
+        env="REDIS_URL",
         shown="unset: private server",
+        parse=redis_url,
     )
     secret: str = setting(
         None, "signs session tokens; set it when running several `pushskip serve`",

@@ -14,9 +14,8 @@ import dataclasses
 import json
 from typing import Any, NamedTuple
 
-from redis.asyncio import Redis
-
 from pushskip import keys
+from pushskip.redisform import Commands
 from pushskip.retry import retry_read
 
 Event = dict[str, Any]
@@ -49,6 +48,11 @@ def parse_epoch(raw: str | None) -> str | None:
     return raw
 
 
+def epoch_of(stored: str | None) -> str | None:
+    """The epoch in an epoch key's value (`<epoch>|<replication id>`, lua/lib.lua)."""
+    return stored.partition("|")[0] if stored else None
+
+
 class RawEvent(NamedTuple):
     """An event as the JSON text Redis holds, with the seq and epoch read from it."""
 
@@ -79,7 +83,9 @@ class LogRead:
         return [json.loads(e.text) for e in self.events]
 
 
-async def read_log(redis: Redis, user_id: str, after: int, *, limit: int = READ_LIMIT) -> LogRead:
+async def read_log(
+    redis: Commands, user_id: str, after: int, *, limit: int = READ_LIMIT
+) -> LogRead:
     """Events of `user_id` with seq > after (at most `limit`), oldest first."""
 
     async def read() -> LogRead:
@@ -87,7 +93,8 @@ async def read_log(redis: Redis, user_id: str, after: int, *, limit: int = READ_
             pipe.xrange(keys.event_log(user_id), f"{after + 1}-0", "+", count=limit)
             pipe.get(keys.event_seq(user_id))
             pipe.get(keys.event_epoch(user_id))
-            entries, last, epoch = await pipe.execute()
+            entries, last, stored = await pipe.execute()
+        epoch = epoch_of(stored)
         found = [
             RawEvent(int(entry_id.partition("-")[0]), fields["e"], epoch)
             for entry_id, fields in entries

@@ -3,6 +3,14 @@
 The flag keys and their TTLs are the seed's (see API.md, Skip) and must not
 change: old clients and tools read them. Flag *values* name the room the flag
 was set for, so a flag for room R never poisons a later room of the same user.
+
+Deployment forms (API.md, Redis deployments): on one server and behind
+Sentinel the names are the seed's. In a Redis Cluster every key and channel
+carries the hash tag `{pushskip}` in front (`{pushskip}match:u_...`), so all of
+pushskip's state lives in one hash slot and every Lua step stays one atomic
+step on one node; `use_tag()` sets that for the process (`redisform.py` calls
+it for the REDIS_URL it connects to), and events are published with
+SPUBLISH (sharded pub/sub) instead of PUBLISH.
 """
 
 from __future__ import annotations
@@ -106,6 +114,33 @@ USER_CHANNEL = "pushskip:user:"
 PROBE_CHANNEL = "pushskip:probe:"
 
 
+# The names above as the seed has them; `use_tag` puts a hash tag in front of each.
+TAGGED = (
+    "PRE_SKIP", "SKIP_IN_PROGRESS", "FORCE_DISCONNECT", "ROOM_DELETED", "SKIP_NOTIFICATION",
+    "MATCH", "QUEUE", "QUEUE_SEEN", "WAITING_FROM", "QUEUE_ADDRESS", "QUEUED_AT",
+    "SESSION_RATE", "ENQUEUE_RATE", "RECENT_FROM", "ROOMS", "BANNED", "OUTBOX",
+    "MEDIA_DEADLINES", "MEDIA_LEFT_ROOM", "REMATCH_COOLDOWN", "EVENT_LOG", "EVENT_SEQ",
+    "EVENT_EPOCH", "PRESENCE_PROCS", "PRESENCE_SOCKETS", "PRESENCE_DEADLINES",
+    "PRESENCE_COUNTS", "USER_CHANNEL", "PROBE_CHANNEL",
+)
+SEED_NAMES = {name: globals()[name] for name in TAGGED}
+CLUSTER_TAG = "{pushskip}"
+# The hash tag in front of every name ("" on one server and behind Sentinel), and the
+# command the Lua steps publish events with.
+TAG = ""
+PUBLISH = "PUBLISH"
+
+
+def use_tag(tag: str) -> None:
+    """Put `tag` in front of every key and channel name of this process ("" for the seed's
+    names); with a tag, events go out with SPUBLISH. Set once, before scripts are loaded."""
+    global TAG, PUBLISH
+    for name in TAGGED:
+        globals()[name] = tag + SEED_NAMES[name]
+    TAG = tag
+    PUBLISH = "SPUBLISH" if tag else "PUBLISH"
+
+
 def match(user_id: str) -> str:
     return MATCH + user_id
 
@@ -153,6 +188,7 @@ def lua_constants(log_retention_ms: int, outbox_targets: frozenset[str] = frozen
     """The Lua prelude that gives every script the same names as this module, and says
     which outbox targets the steps record entries for (none: nothing is recorded)."""
     values: dict[str, str | int | bool] = {
+        "PUBLISH_CMD": PUBLISH,
         "K_ROOMS": ROOMS,
         "K_BANNED": BANNED,
         "K_OUTBOX": OUTBOX,

@@ -16,6 +16,11 @@ Guarantees:
   backoff, subscribes every channel the listener names, and then calls the
   listener's `resync()`: messages published while it was deaf are not lost
   for good, the listener reads them from wherever they are kept.
+- In a Redis Cluster (`source.sharded`) the link uses sharded pub/sub:
+  SSUBSCRIBE on the node that holds pushskip's slot (the source says which,
+  anew at each reconnect). When that node hands the slot on (a failover, a
+  resharding) it unsubscribes the link's channels itself; the link takes that
+  as a lost connection and reconnects where the slot is now.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ import secrets
 from collections.abc import Iterable
 from typing import Protocol
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from pushskip import keys
 from pushskip.metrics import Metrics
+from pushskip.redisform import Commands, PubSubSource
 from pushskip.tasks import cancel_and_wait
 
 logger = logging.getLogger("pushskip.link")
@@ -55,6 +60,10 @@ class _Replaced(Exception):
     """The connection a SUBSCRIBE was sent on went away before Redis confirmed it."""
 
 
+class _SlotMoved(Exception):
+    """The node unsubscribed our sharded channels: the slot is served elsewhere now."""
+
+
 class Listener(Protocol):
     def deliver(self, channel: str, data: str) -> None:
         """A message arrived on `channel`; must not wait."""
@@ -69,18 +78,23 @@ class Listener(Protocol):
 class PubSubLink:
     def __init__(
         self,
-        redis: Redis,
-        pubsub_redis: Redis,
+        redis: Commands,
+        source: PubSubSource,
         metrics: Metrics,
         *,
         watchdog_interval_s: float,
     ) -> None:
         # Commands (the watchdog's PUBLISH) go through the shared client.
         self.redis = redis
-        # Its connections never retry by themselves: redis-py's pub/sub would
-        # otherwise reconnect and resubscribe silently, and the messages
-        # published in between would never be resynced.
-        self.pubsub_redis = pubsub_redis
+        # Where the pub/sub connection goes. Its connections never retry by themselves:
+        # redis-py's pub/sub would otherwise reconnect and resubscribe silently, and the
+        # messages published in between would never be resynced.
+        self.source = source
+        self.sharded = source.sharded
+        # The message types of the pub/sub in use: classic, or sharded.
+        self._kinds = ("smessage", "ssubscribe", "sunsubscribe") if self.sharded else (
+            "message", "subscribe", "unsubscribe"
+        )
         self.listener: Listener | None = None
         self.metrics = metrics
         self.watchdog_interval_s = watchdog_interval_s
@@ -93,6 +107,8 @@ class PubSubLink:
         # Per channel, the callers waiting for a SUBSCRIBE confirmation, oldest
         # first: Redis confirms in the order the commands were sent.
         self._pending: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        # Sharded channels we asked to leave (their SUNSUBSCRIBE is ours, not a slot move).
+        self._unsubscribed: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
@@ -141,7 +157,7 @@ class PubSubLink:
         waiting.append(confirmed)
         try:
             try:
-                await pubsub.subscribe(channel)
+                await self._send_subscribe(pubsub, channel)
             except (RedisError, OSError) as exc:
                 logger.warning("SUBSCRIBE failed, rebuilding pub/sub: %r", exc)
                 self._rebuild.set()
@@ -159,7 +175,11 @@ class PubSubLink:
         if pubsub is None or not self._ready.is_set():
             return
         try:
-            await pubsub.unsubscribe(channel)
+            if self.sharded:
+                self._unsubscribed.add(channel)
+                await pubsub.sunsubscribe(channel)
+            else:
+                await pubsub.unsubscribe(channel)
         except (RedisError, OSError) as exc:
             logger.warning("UNSUBSCRIBE failed, rebuilding pub/sub: %r", exc)
             self._rebuild.set()
@@ -183,30 +203,44 @@ class PubSubLink:
             waiting.clear()
         self._pending.clear()
 
+    async def _send_subscribe(self, pubsub: PubSub, *channels: str) -> None:
+        if self.sharded:
+            self._unsubscribed.difference_update(channels)
+            await pubsub.ssubscribe(*channels)
+        else:
+            await pubsub.subscribe(*channels)
+
     def _handle(self, message: dict[str, str]) -> None:
         kind, channel = message["type"], message["channel"]
-        if kind == "message":
+        published, subscribed, unsubscribed = self._kinds
+        if kind == published:
             if channel == self.probe_channel:
                 self._probe_heard.set()
             elif self.listener is not None:
                 self.listener.deliver(channel, message["data"])
-        elif kind == "subscribe":
+        elif kind == subscribed:
             self._confirm(channel)
+        elif kind == unsubscribed and self.sharded and channel not in self._unsubscribed:
+            # Not asked for: the node no longer serves the slot (SUNSUBSCRIBE push).
+            raise _SlotMoved(channel)
+        elif kind == unsubscribed:
+            self._unsubscribed.discard(channel)
 
     async def _connect(self) -> PubSub:
         """A new connection subscribed to the probe and every channel the listener names
         (still names, once Redis has confirmed them all)."""
-        pubsub = self.pubsub_redis.pubsub()
+        pubsub = (await self.source.client()).pubsub()
         named = self.listener.channels() if self.listener is not None else ()
         channels = [self.probe_channel, *named]
-        await pubsub.subscribe(*channels)
+        self._unsubscribed.clear()
+        await self._send_subscribe(pubsub, *channels)
         pending = set(channels)
         async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
             while pending:
                 message = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
                 if message is None:
                     continue
-                if message["type"] == "subscribe":
+                if message["type"] == self._kinds[1]:
                     pending.discard(message["channel"])
                 self._handle(message)
         # A user whose last socket left meanwhile could not unsubscribe (we were
@@ -214,7 +248,11 @@ class PubSubLink:
         still = set(self.listener.channels()) if self.listener is not None else set()
         gone = [c for c in channels[1:] if c not in still]
         if gone:
-            await pubsub.unsubscribe(*gone)
+            if self.sharded:
+                self._unsubscribed.update(gone)
+                await pubsub.sunsubscribe(*gone)
+            else:
+                await pubsub.unsubscribe(*gone)
         return pubsub
 
     async def _run(self) -> None:
@@ -234,7 +272,7 @@ class PubSubLink:
                 await self._listen(self._pubsub)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError, _SlotMoved) as exc:
                 if self._ready.is_set() or not connected_before:
                     logger.error("pub/sub connection lost: %r; reconnecting", exc)
             self._ready.clear()
@@ -264,7 +302,10 @@ class PubSubLink:
                 continue
             self._probe_heard.clear()
             try:
-                receivers = await self.redis.publish(self.probe_channel, "probe")
+                if self.sharded:
+                    receivers = await self.redis.spublish(self.probe_channel, "probe")
+                else:
+                    receivers = await self.redis.publish(self.probe_channel, "probe")
             except (RedisError, OSError):
                 continue  # Redis itself is away; the listening loop notices on its own
             heard = False

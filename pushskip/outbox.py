@@ -37,10 +37,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from pushskip.metrics import Metrics
+from pushskip.redisform import Commands
 from pushskip.scripts import Script
 from pushskip.tasks import cancel_and_wait
 
@@ -136,7 +136,7 @@ class _Lane:
 class Outbox:
     def __init__(
         self,
-        redis: Redis,
+        redis: Commands,
         targets: Sequence[Target],
         metrics: Metrics,
         *,

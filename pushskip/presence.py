@@ -31,10 +31,10 @@ import secrets
 import time
 from collections.abc import Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from pushskip import keys
+from pushskip.redisform import Commands
 from pushskip.scripts import Script
 from pushskip.tasks import cancel_and_wait
 
@@ -51,7 +51,7 @@ RETRY_S = 1.0
 class Presence:
     def __init__(
         self,
-        redis: Redis,
+        redis: Commands,
         *,
         grace_s: float,
         lease_s: float,

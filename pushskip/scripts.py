@@ -19,7 +19,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from pushskip import keys
@@ -71,9 +71,13 @@ def _lua(file: str) -> str:
     return (resources.files("pushskip") / "lua" / file).read_text()
 
 
-@cache
 def source(name: str, *, retention_ms: int, outbox: frozenset[str] = NO_OUTBOX) -> Source:
     """The full text of a script: constants, shared helpers, then lua/<name>.lua."""
+    return _source(name, retention_ms, outbox, keys.TAG)
+
+
+@cache
+def _source(name: str, retention_ms: int, outbox: frozenset[str], tag: str) -> Source:
     return compose(f"{name}.lua", _lua(f"{name}.lua"), retention_ms=retention_ms, outbox=outbox)
 
 
@@ -81,12 +85,17 @@ def compose(
     file: str, body: str, *, retention_ms: int, outbox: frozenset[str] = NO_OUTBOX
 ) -> Source:
     """Constants and shared helpers, then `body` (named `file` in error messages). The
-    steps record outbox entries for the targets in `outbox` (outbox.py)."""
+    steps record outbox entries for the targets in `outbox` (outbox.py).
+
+    In a cluster (keys with a hash tag) the text starts with `#!lua`: Redis then holds
+    the script to the slot of its one declared key, the tag (see Script)."""
     pieces = [
         ("keys.py (generated constants)", keys.lua_constants(retention_ms, outbox)),
         ("lib.lua", _lua("lib.lua")),
         (file, body if body.endswith("\n") else body + "\n"),
     ]
+    if keys.TAG:
+        pieces.insert(0, ("(shebang)", "#!lua\n"))
     parts: list[tuple[int, str]] = []
     line = 1
     for file, piece in pieces:
@@ -101,10 +110,18 @@ class Script:
     """One registered script: call it with its ARGV, get its JSON reply text."""
 
     def __init__(
-        self, redis: Redis, name: str, *, retention_ms: int, outbox: frozenset[str] = NO_OUTBOX
+        self,
+        redis: Redis | RedisCluster,
+        name: str,
+        *,
+        retention_ms: int,
+        outbox: frozenset[str] = NO_OUTBOX,
     ) -> None:
         self.source = source(name, retention_ms=retention_ms, outbox=outbox)
         self._script = redis.register_script(self.source.text)
+        # In a cluster a script declares one key, the hash tag every key of it carries:
+        # the client sends it to the node that holds that slot.
+        self._keys = [keys.TAG] if keys.TAG else []
 
     def __repr__(self) -> str:
         return f"Script({self.source.name!r})"
@@ -115,7 +132,7 @@ class Script:
     async def call_raw(self, *args: str) -> Any:
         """The script's reply as Redis gave it (a list, a number...), not as text."""
         try:
-            return await self._script(args=list(args))
+            return await self._script(keys=self._keys, args=list(args))
         except ResponseError as exc:
             raise ScriptError(self.source.explain(str(exc))) from exc
 
@@ -136,7 +153,11 @@ class Scripts:
 
     @classmethod
     def register(
-        cls, redis: Redis, *, retention_ms: int, outbox: frozenset[str] = NO_OUTBOX
+        cls,
+        redis: Redis | RedisCluster,
+        *,
+        retention_ms: int,
+        outbox: frozenset[str] = NO_OUTBOX,
     ) -> Scripts:
         """Every script, with event logs kept `retention_ms` after their last event, recording
         outbox entries for the targets in `outbox`."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 
@@ -24,6 +23,7 @@ from pushskip.metrics import Metrics
 from pushskip.outbox import Outbox
 from pushskip.presence import Presence
 from pushskip.ratelimit import RateLimiter
+from pushskip.redisform import Commands
 from pushskip.store import Store
 
 _ATTRIBUTE = "pushskip_services"
@@ -42,7 +42,7 @@ class Services:
     # Says whose any accepted token is (session tokens and app JWTs alike).
     identity: Identity
     user_limiter: RateLimiter
-    redis: Redis
+    redis: Commands
     store: Store
     hub: Hub
     presence: Presence

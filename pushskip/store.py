@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushskip import keys
+from pushskip.events import epoch_of
 from pushskip.metrics import Metrics
+from pushskip.redisform import Commands
 from pushskip.replies import (
     BanReply,
     CheckDisconnectReply,
@@ -116,7 +117,7 @@ def leave_args(me: str, *, cooldown_s: int) -> list[str]:
 class Store:
     def __init__(
         self,
-        redis: Redis,
+        redis: Commands,
         *,
         stale_s: int,
         cooldown_s: int,
@@ -241,7 +242,8 @@ class Store:
                 pipe.get(keys.event_seq(me))
                 pipe.get(keys.event_epoch(me))
                 pipe.exists(keys.banned(me))
-                raw, queued, last, epoch, banned = await pipe.execute()
+                raw, queued, last, stored_epoch, banned = await pipe.execute()
+            epoch = epoch_of(stored_epoch)
             state: State = "matched" if raw else ("waiting" if queued is not None else "idle")
             match = match_view(raw, me) if raw else None
             return UserStatus(state, match, int(last or 0), epoch, bool(banned))

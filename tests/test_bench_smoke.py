@@ -144,6 +144,12 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
     assert abuse["honest_nat"]["never_matched"] == 0
     assert 1009 in abuse["big_frame_close_codes"]
 
+    # Redis deployments: one server and a cluster, in one run.
+    for form in ("single", "cluster"):
+        item = report["deployments"][form]
+        sane_latency(item["latency_ms"])
+        assert item["redis_cpu_ms_per_skip"] > 0 and item["steps"], form
+
     # Targets are all evaluated, and the Markdown and plots were written next to the JSON.
     assert {t["id"] for t in report["targets"]} >= {
         "push_p50",
@@ -165,6 +171,7 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         "## Capacity",
         "## Integrations",
         "## Abuse",
+        "## Redis deployments",
         "## Targets",
         "app CPU ms/skip",
         "serve --workers 2",

@@ -82,3 +82,39 @@ def test_read_env_reads_one_setting() -> None:
     assert config.read_env("port", {"PORT": ""}) is None
     assert config.read_env("port", {}) is None
     assert config.read_env("max_body_bytes", {"MAX_BODY_BYTES": "1"}) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:6379",
+        "redis+sentinel://h1:26379,h2:26379",
+        "redis+sentinel://h1:26379,h2/master",
+        "redis+cluster://h1:7000,:7001",
+        "mongodb://x",
+    ],
+)
+def test_a_redis_url_of_no_known_deployment_is_refused(url: str) -> None:
+    """REDIS_URL must name one server, a Sentinel master (hosts and a name) or a cluster."""
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        Settings.from_env({"REDIS_URL": url})
+
+
+@pytest.mark.parametrize(
+    ("url", "form"),
+    [
+        ("redis://localhost:6379/0", "single"),
+        ("unix:///tmp/redis.sock", "single"),
+        ("redis+sentinel://:pw@h1:26379,h2:26380/pushskip?db=2", "sentinel"),
+        ("redis+cluster://h1:7000,h2:7001", "cluster"),
+    ],
+)
+def test_redis_urls_name_their_deployment(url: str, form: str) -> None:
+    """Each form of REDIS_URL is taken, and redisform tells which it is."""
+    from pushskip import redisform
+
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+    assert redisform.form_of(url) == form
+    if form != "single":
+        found = redisform.hosts(url)
+        assert found.nodes[0][0] == "h1" and len(found.nodes) == 2

@@ -54,6 +54,7 @@ from pushskip import auth, keys
 from pushskip.app import create_app, redis_clients
 from pushskip.auth import TokenSigner
 from pushskip.embedded import EmbeddedRedis
+from pushskip.events import epoch_of
 from pushskip.presence import Presence
 from tests.helpers import TEST_SECRET, make_settings, snapshot
 from tests.test_bad_input import BASE, ENDPOINTS
@@ -617,7 +618,7 @@ class Fuzzer:
             assert reply["status"] == "matched", reply
             current_room = reply["match"]["roomName"]
         seq = int(await self.redis.get(keys.event_seq(me)) or 0)
-        epoch = await self.redis.get(keys.event_epoch(me))
+        epoch = epoch_of(await self.redis.get(keys.event_epoch(me)))
         assert epoch, "me has an event log"
         now = int(time.time())
         values = {

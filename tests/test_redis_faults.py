@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection
 
 from pushskip import keys
 from pushskip.embedded import EmbeddedRedis
+from pushskip.events import epoch_of
 from pushskip.retry import retry_read
 from tests.helpers import User, app_process, make_settings, new_user, run_server
 from tests.lua_events import append_events
@@ -232,7 +233,7 @@ async def test_counter_behind_its_stream_starts_a_new_log(
     next append start a new epoch at seq 1 instead of failing the request."""
     a, b = await new_user(http), await new_user(http)
     await append_events(redis, b.id, 5)
-    old = await redis.get(keys.event_epoch(b.id))
+    old = epoch_of(await redis.get(keys.event_epoch(b.id)))
     await redis.set(keys.event_seq(b.id), 2, keepttl=True)
     await a.call("enqueue")
     assert (await b.call("enqueue"))["status"] == "matched"
@@ -252,7 +253,7 @@ async def test_log_rolled_back_under_the_same_epoch_is_a_reset(
         assert (await recv_json(ws))["type"] == "hello"
         await append_events(redis, user.id, 5)
         assert [(await recv_json(ws))["seq"] for _ in range(5)] == [1, 2, 3, 4, 5]
-        epoch = await redis.get(keys.event_epoch(user.id))
+        epoch = epoch_of(await redis.get(keys.event_epoch(user.id)))
         await roll_back(redis, user.id, to_seq=3)
         assert await redis.client_kill_filter(_type="pubsub") >= 1
         reset = await recv_json(ws, timeout=10)

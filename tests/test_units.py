@@ -397,3 +397,21 @@ def test_cached_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
         signer.verify(token)
     with pytest.raises(InvalidToken, match="expired"):
         signer.verify(token)
+
+
+def test_cluster_key_names_carry_one_hash_tag() -> None:
+    """With the cluster's tag every key and channel name starts with {pushskip}, so all of them
+    hash to one slot; without it they are the seed's names again."""
+    from pushskip import keys as k
+
+    try:
+        k.use_tag(k.CLUSTER_TAG)
+        assert k.match("u_a") == "{pushskip}match:u_a"
+        assert k.PRE_SKIP == "{pushskip}pre-skip:" and k.QUEUE == "{pushskip}simple-matching:queue"
+        assert k.user_channel("u_a") == "{pushskip}pushskip:user:u_a"
+        assert k.PUBLISH == "SPUBLISH"
+        assert "local K_MATCH = '{pushskip}match:'" in k.lua_constants(1000)
+        assert all(getattr(k, name).startswith("{pushskip}") for name in k.TAGGED)
+    finally:
+        k.use_tag("")
+    assert k.match("u_a") == "match:u_a" and k.PUBLISH == "PUBLISH"

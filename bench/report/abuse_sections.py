@@ -57,9 +57,10 @@ def abuse_section(results: dict[str, Any]) -> list[str]:
     w(
         f"App CPU during the never-reading flood: {nr.get('app_cpu_pct_during_mean')}% of a "
         "core (it reconnects whenever dropped); targets: `/healthz` p99 ≤ 50 ms, skip → "
-        "notified p50 ≤ 10 ms, CPU under 10% within 1 s of the last close. 20 frames of "
-        f"16 MB: RSS {found['rss_kib_before_big_frames']:,} → "
-        f"{found['rss_kib_after_20_frames_of_16_mb']:,} KiB, closed with "
+        f"notified p50 ≤ 10 ms, CPU under 10% within 1 s of the last close. "
+        f"{found['frames_of_16_mb']} frames of 16 MB: RSS "
+        f"{found['rss_kib_before_big_frames']:,} → "
+        f"{found['rss_kib_after_frames_of_16_mb']:,} KiB, closed with "
         f"{found['big_frame_close_codes']}.\n"
     )
     churn = found["churning_sessions"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.report.abuse_sections import abuse_section
 from bench.report.cost_sections import capacity_section, micro_section
-from bench.report.integration_sections import integrations_section
+from bench.report.integration_sections import deployments_section, integrations_section
 from bench.report.latency_sections import (
     floors_section,
     latency_section,
@@ -34,6 +34,7 @@ def markdown(results: dict[str, Any], json_rel: Path, pngs: dict[str, Path], not
     out += saturation_section(results, pngs)
     out += profile_section(results)
     out += integrations_section(results)
+    out += deployments_section(results)
     out += abuse_section(results)
     out += capacity_section(results, pngs)
     out += micro_section(results)

@@ -79,3 +79,79 @@ def integrations_section(results: dict[str, Any]) -> list[str]:
 
 def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
+
+
+def deployments_section(results: dict[str, Any]) -> list[str]:
+    """## Redis deployments: one server against a 3-master cluster."""
+    found = results.get("deployments")
+    if not found or "single" not in found:
+        return []
+    out: list[str] = []
+    w = out.append
+    w("## Redis deployments: one server against a Redis Cluster\n")
+    w(
+        f"One app process each, on one Redis server and on a 3-master cluster (all of "
+        f"pushskip in one hash slot, `{{pushskip}}`; events over sharded pub/sub), both on TCP "
+        f"with AOF every second, in one run: {found['pairs']} pairs, skips over the skipper's "
+        f"socket at {found['rate']:g}/s for {found['duration_s']:g} s, then a rising offered "
+        "rate. Redis CPU is every server process of the deployment.\n"
+    )
+    rows = []
+    for form in ("single", "cluster"):
+        item = found.get(form)
+        if not item:
+            continue
+        lat = item["latency_ms"]
+        rows.append(
+            [
+                form,
+                lat.get("p50"),
+                lat.get("p99"),
+                item.get("app_cpu_ms_per_skip"),
+                item.get("redis_cpu_ms_per_skip"),
+                item.get("max_sustained_achieved"),
+            ]
+        )
+    w(
+        table(
+            [
+                "deployment",
+                "skip → notified p50 ms",
+                "p99 ms",
+                "app CPU ms/skip",
+                "Redis CPU ms/skip",
+                "skips/s at p99 < 50 ms",
+            ],
+            rows,
+        )
+        + "\n"
+    )
+    steps = []
+    for form in ("single", "cluster"):
+        for step in found.get(form, {}).get("steps", []):
+            steps.append(
+                [
+                    form,
+                    step["rate_target"],
+                    step["rate_achieved"],
+                    step["latency_ms"].get("p50"),
+                    step["latency_ms"].get("p99"),
+                    step.get("redis_cpu_ms_per_skip"),
+                ]
+            )
+    if steps:
+        w(
+            table(
+                [
+                    "deployment",
+                    "offered /s",
+                    "achieved /s",
+                    "p50 ms",
+                    "p99 ms",
+                    "Redis CPU ms/skip",
+                ],
+                steps,
+            )
+            + "\n"
+        )
+    return out

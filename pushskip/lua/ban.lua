@@ -9,5 +9,5 @@ local banned_until = now_ms() + length
 redis.call('SET', K_BANNED .. me, banned_until, 'PX', length)
 dequeue(me)
 local room = leave_match(me, 'removed', cooldown, nil)
-redis.call('PUBLISH', K_CHANNEL .. me, cjson.encode({type = 'close', reason = 'banned'}))
+redis.call(PUBLISH_CMD, K_CHANNEL .. me, cjson.encode({type = 'close', reason = 'banned'}))
 return cjson.encode({bannedUntil = banned_until, ended = room ~= nil, roomName = room})

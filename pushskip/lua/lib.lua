@@ -27,17 +27,44 @@ end
 -- the three keys expire together LOG_RETENTION_MS after the last event. The
 -- log keeps every event that is among the last LOG_MIN_EVENTS or younger than
 -- LOG_MIN_AGE_MS; older ones are dropped a few per append (amortised O(1)).
+--
+-- Lost writes (a failover to a replica that missed the last appends): the
+-- epoch key also holds the replication ID of the server the log was last
+-- appended on ("<epoch>|<replid>"). A server that took over from another (a
+-- replica promoted by Sentinel or a cluster failover: its master_replid2 is
+-- set) may lack appends the old primary acknowledged, and nothing in its data
+-- can tell which logs lost some: every log last appended under another ID
+-- starts a new epoch at its next append, so a client whose seq counted lost
+-- events gets a reset, never a new event under an old seq (the others get one
+-- reset they did not need). A server restarted from its own data
+-- (master_replid2 not set) keeps every epoch and only takes the new ID.
 local function new_epoch(log)
   local t = redis.call('TIME')
   redis.call('DEL', log)
   return t[1] .. string.format('%06d', tonumber(t[2]))
 end
 
+local NO_REPLID = string.rep('0', 40)
+local replication = nil
+
+-- This server's replication ID, and the one it took over from ("000..." if none).
+local function replication_ids()
+  if not replication then
+    local info = redis.call('INFO', 'replication')
+    replication = {info:match('master_replid:(%w+)') or '',
+                   info:match('master_replid2:(%w+)') or NO_REPLID}
+  end
+  return replication[1], replication[2]
+end
+
 local function append_event(user, ev, now)
   local seq_key, log, epoch_key = K_SEQ .. user, K_LOG .. user, K_EPOCH .. user
-  local epoch = redis.call('GET', epoch_key)
+  local stored = redis.call('GET', epoch_key)
   local seq = redis.call('GET', seq_key)
-  if not epoch or not seq then
+  local epoch, stamp = nil, nil
+  if stored then epoch, stamp = stored:match('^([^|]+)|?(.*)$') end
+  local replid, took_over_from = replication_ids()
+  if not epoch or not seq or (stamp ~= replid and took_over_from ~= NO_REPLID) then
     epoch, seq = new_epoch(log), 0
   end
   seq = tonumber(seq) + 1
@@ -50,7 +77,7 @@ local function append_event(user, ev, now)
     payload = cjson.encode(ev)
     redis.call('XADD', log, seq .. '-0', 'e', payload, 'at', now)
   end
-  redis.call('SET', epoch_key, epoch, 'PX', LOG_RETENTION_MS)
+  redis.call('SET', epoch_key, epoch .. '|' .. replid, 'PX', LOG_RETENTION_MS)
   redis.call('SET', seq_key, seq, 'PX', LOG_RETENTION_MS)
   redis.call('PEXPIRE', log, LOG_RETENTION_MS)
   if seq > LOG_MIN_EVENTS then
@@ -64,7 +91,7 @@ local function append_event(user, ev, now)
       end
     end
   end
-  redis.call('PUBLISH', K_CHANNEL .. user, payload)
+  redis.call(PUBLISH_CMD, K_CHANNEL .. user, payload)
   return seq
 end
 
