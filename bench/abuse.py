@@ -257,7 +257,9 @@ async def meet(
             await http.post(BASE + "skip", json={"requeue": True}, headers=headers)
 
 
-async def churn_case(http: httpx.AsyncClient, base: str, ws_base: str) -> dict[str, Any]:
+async def churn_case(
+    http: httpx.AsyncClient, base: str, ws_base: str, runs: int, warmup_s: float
+) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.churn", "--base", base, "--address", BOT_ADDRESS]
     churner = await asyncio.create_subprocess_exec(
         *argv,
@@ -270,8 +272,8 @@ async def churn_case(http: httpx.AsyncClient, base: str, ws_base: str) -> dict[s
     )
     times = []
     try:
-        await asyncio.sleep(3.0)
-        for _ in range(5):
+        await asyncio.sleep(warmup_s)
+        for _ in range(runs):
             a = await session(http, REAL_ADDRESSES[0])
             b = await session(http, REAL_ADDRESSES[1])
             a_user = await user_id(http, a)
@@ -358,6 +360,9 @@ async def crowd_case(
     people += [asyncio.create_task(person("others", f"203.0.113.{100 + i}")) for i in range(10)]
     await asyncio.sleep(seconds)
     stop.set()
+    # Not waited out: a person may sit in a 6 s wait for their partner's next move.
+    for person_task in people:
+        person_task.cancel()
     await asyncio.gather(*people, return_exceptions=True)
     return {
         "seconds": seconds,
@@ -417,7 +422,7 @@ async def run_cases(redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
             before = rss_kib(proc.pid)
             codes = await big_frames(ws_base, http, args.big_frames)
             after = rss_kib(proc.pid)
-            churn = await churn_case(http, base, ws_base)
+            churn = await churn_case(http, base, ws_base, args.churn_runs, args.churn_warmup_s)
             crowd = await crowd_case(http, ws_base, args.crowd_s, rng)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -452,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-s", type=float, default=10.0)
     parser.add_argument("--crowd-s", type=float, default=30.0)
     parser.add_argument("--big-frames", type=int, default=20)
+    parser.add_argument("--churn-runs", type=int, default=5)
+    parser.add_argument("--churn-warmup-s", type=float, default=3.0)
     args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(measure(args)), indent=2))
     return 0
@@ -473,6 +480,8 @@ async def phase_abuse(bench: Any, results: dict[str, Any]) -> None:
         flood_s=2.0 if quick else 10.0,
         crowd_s=4.0 if quick else 30.0,
         big_frames=5 if quick else 20,
+        churn_runs=2 if quick else 5,
+        churn_warmup_s=1.5 if quick else 3.0,
     )
     url = bench.redis_url.split("?", 1)[0] + "?db=7"
     results["abuse"] = await run_cases(url, args)

@@ -362,7 +362,7 @@ async def phase_deployments(bench: Any, results: dict[str, Any]) -> None:
                     latency = await sc.run(cfg.latency_rate, cfg.latency_warmup_s, duration)
                     steps = []
                     for rate in ladder:
-                        step = await sc.run(rate, 1.0, 4.0 if not quick else 1.5)
+                        step = await sc.run(rate, 0.5 if quick else 1.0, 1.0 if quick else 4.0)
                         steps.append(
                             {
                                 "rate_target": rate,

@@ -360,7 +360,7 @@ async def test_retry_read_runs_a_read_once_more_only_after_a_dead_connection() -
 
 
 async def test_log_keys_all_expire_after_the_retention(own_redis: EmbeddedRedis) -> None:
-    """2,000 users come and go (pair, skip, leave): every key they leave has a TTL; once
+    """1,000 users come and go (pair, skip, leave): every key they leave has a TTL; once
     the (shortened) retention has passed, at least 95% of the keys it governs (logs,
     counters, epochs) are gone, and what is left is the seed's flags and cooldowns,
     whose TTLs (at most 300 s) API.md fixes."""
@@ -372,7 +372,7 @@ async def test_log_keys_all_expire_after_the_retention(own_redis: EmbeddedRedis)
         async with run_server(settings) as base:
             limits = httpx.Limits(max_connections=50)
             async with httpx.AsyncClient(base_url=base, timeout=20, limits=limits) as http:
-                for _ in range(20):
+                for _ in range(10):
                     await asyncio.gather(*(come_and_go(http, i) for i in range(50)))
         fixed_ttl = (keys.FORCE_DISCONNECT, keys.ROOM_DELETED, keys.SKIP_NOTIFICATION,
                      keys.SKIP_IN_PROGRESS, keys.PRE_SKIP, keys.REMATCH_COOLDOWN)
