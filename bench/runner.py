@@ -23,6 +23,7 @@ from bench import (
     latency,
     micro,
     saturation,
+    socket_open,
 )
 from bench.harness import UI, Bench, BenchConfig
 
@@ -37,6 +38,7 @@ PHASE_FUNCS: dict[str, Phase] = {
     "saturation": saturation.phase_saturation,
     "profile": saturation.phase_profile,
     "capacity": capacity.phase_capacity,
+    "socket_open": socket_open.phase_socket_open,
     "integrations": integrations.phase_integrations,
     "abuse": abuse.phase_abuse,
     "deployments": deployments.phase_deployments,

@@ -50,7 +50,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             logger.info("serving on http://%s:%d with %d workers", host, port, workers)
             return supervisor.run(settings, listener, host=host, port=port, workers=workers)
         app = create_app(settings)
-        server = PushskipServer(server_config(app, settings, host=host, port=port))
+        server = PushskipServer(
+            server_config(app, settings, host=host, port=port), settle_heap=True
+        )
         logger.info("serving on http://%s:%d", host, port)
         server.run()
     finally:

@@ -107,7 +107,8 @@ def worker_main(plan: WorkerPlan, sock: socket.socket) -> None:  # pragma: no co
     exit_cleanly_on_signals()
     configure_logging(plan.log_level, workers=True)
     app = create_app(plan.settings)
-    server = PushskipServer(server_config(app, plan.settings, host=plan.host, port=plan.port))
+    config = server_config(app, plan.settings, host=plan.host, port=plan.port)
+    server = PushskipServer(config, settle_heap=True)
     server.run(sockets=[sock])
 
 

@@ -1,8 +1,9 @@
 """The WebSocket endpoint: hello, replay from the log, then live events.
 
 Order matters for "no gap, no duplicate": the socket subscribes first (the
-hub returns once Redis confirms the SUBSCRIBE), then reads the state and the
-log, then drains the live events that queued meanwhile. The writer keeps the
+hub returns once Redis confirms the SUBSCRIBE), then reads the state (with the
+log's last seq), then the log if the client is behind it, then drains the live
+events that queued meanwhile. The writer keeps the
 epoch and the last seq it sent: it drops anything at or below that seq, and
 an event that skips ahead, or belongs to a new epoch, makes it read the log
 first. The same rule serves replay, the seam, the hub's RESYNC after a Redis
@@ -119,7 +120,17 @@ class Connection:
     """
 
     # One per open socket: no instance dict.
-    __slots__ = ("epoch", "found", "last_sent", "loop", "metrics", "peer_gone", "sub", "websocket")
+    __slots__ = (
+        "epoch",
+        "found",
+        "last_sent",
+        "logged",
+        "loop",
+        "metrics",
+        "peer_gone",
+        "sub",
+        "websocket",
+    )
 
     def __init__(
         self, websocket: WebSocket, found: Services, sub: Subscriber, status: UserStatus
@@ -129,6 +140,9 @@ class Connection:
         self.sub = sub
         self.epoch = status.epoch
         self.last_sent = status.last_seq
+        # The log's last seq when the socket opened (after it subscribed): what the
+        # first catch-up has to read up to. Later events come from the subscription.
+        self.logged = status.last_seq
         self.metrics = found.metrics
         self.loop = asyncio.get_running_loop()
         self.peer_gone = False
@@ -188,7 +202,9 @@ class Connection:
 
     async def write(self) -> None:
         sub = self.sub
-        behind = True  # the replay after hello is the first catch-up
+        # The replay after hello is the first catch-up; a client that is not behind the
+        # log (most: a fresh socket, or one resuming from the last seq) skips that read.
+        behind = self.last_sent < self.logged
         retry_in = RETRY_START_S
         while sub.close_reason is None and not self.peer_gone:
             if behind:

@@ -150,6 +150,15 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         sane_latency(item["latency_ms"])
         assert item["redis_cpu_ms_per_skip"] > 0 and item["steps"], form
 
+    # Opening sockets: one at a time (latency, app CPU), and a burst beside skips.
+    opening = report["socket_open"]
+    sane_latency(opening["one_at_a_time"]["latency_ms"])
+    assert opening["one_at_a_time"]["app_cpu_ms_per_open"] > 0
+    burst = opening["at_once"]
+    assert burst["burst"]["opened"] == burst["burst"]["sockets"] > 0
+    sane_latency(burst["skip_notified_ms_during"])
+    sane_latency(burst["skip_notified_ms_without"])
+
     # Targets are all evaluated, and the Markdown and plots were written next to the JSON.
     assert {t["id"] for t in report["targets"]} >= {
         "push_p50",
@@ -162,6 +171,9 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         "cpu_per_skip",
         "socket_skip_p50",
         "socket_skip_p99",
+        "socket_open_p50",
+        "socket_open_cpu",
+        "socket_burst_p99",
     }
     markdown = (out / "docs" / "benchmarks.md").read_text()
     for heading in (
@@ -172,6 +184,7 @@ def test_quick_bench_writes_a_full_report(tmp_path: Path) -> None:
         "## Integrations",
         "## Abuse",
         "## Redis deployments",
+        "## Opening a socket",
         "## Targets",
         "app CPU ms/skip",
         "serve --workers 2",

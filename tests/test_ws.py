@@ -76,6 +76,34 @@ async def test_replay_after_reconnect_exactly_once(http: httpx.AsyncClient, base
         await assert_silent(ws)
 
 
+async def xrange_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+
+
+async def test_a_socket_reads_the_log_only_when_it_is_behind(
+    http: httpx.AsyncClient, base_url: str, redis: Redis
+) -> None:
+    """Opening a socket reads the state (with the log's last seq); the log itself only
+    when the client is behind it. A fresh socket, or one resuming from the last seq, costs
+    no log read; one resuming from before it gets what it missed."""
+    a, b, _ = await matched_pair(http)
+    await a.call("skip", {"requeue": False})  # b's log: matched (1), partner-skipped (2)
+    before = await xrange_calls(redis)
+    for after in (None, 2):
+        async with websockets.connect(ws_url(base_url, b, after=after)) as ws:
+            hello = await recv_json(ws)
+            assert (hello["type"], hello["lastSeq"]) == ("hello", 2)
+            await assert_silent(ws, 0.2)
+    assert await xrange_calls(redis) == before
+    async with websockets.connect(ws_url(base_url, b, after=1)) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        event = await recv_json(ws)
+        assert (event["type"], event["seq"]) == ("partner-skipped", 2)
+        await assert_silent(ws, 0.2)
+    assert await xrange_calls(redis) > before
+
+
 async def test_two_tabs_each_get_event_once(http: httpx.AsyncClient, base_url: str) -> None:
     """Two sockets of one user on one process each receive the event exactly once."""
     a, b, _ = await matched_pair(http)

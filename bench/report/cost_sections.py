@@ -107,3 +107,51 @@ def micro_section(results: dict[str, Any]) -> list[str]:
         )
         w("")
     return out
+
+
+def socket_open_section(results: dict[str, Any]) -> list[str]:
+    """## Opening a socket: upgrade -> hello, one at a time and many at once."""
+    found = results.get("socket_open")
+    if not found or "one_at_a_time" not in found:
+        return []
+    single, many = found["one_at_a_time"], found["at_once"]
+    lat = single["latency_ms"]
+    burst = many["burst"]
+    without, during = many["skip_notified_ms_without"], many["skip_notified_ms_during"]
+    out: list[str] = []
+    w = out.append
+    w("## Opening a socket: upgrade → hello\n")
+    w(
+        f"{single['opens']:,} sockets opened one after the other (token, subscription, status "
+        "read, presence mark, `hello`), each kept open; latency on the client's clock from "
+        "before the connect to the `hello`, app CPU over the batch per open.\n"
+    )
+    w(
+        table(
+            ["opens", "p50 ms", "p90 ms", "p99 ms", "app CPU ms per open"],
+            [[single["opens"], lat.get("p50"), lat.get("p90"), lat.get("p99"),
+              single.get("app_cpu_ms_per_open")]],
+        )
+    )
+    w(
+        f"\n{burst['sockets']:,} sockets opening at once (a process of its own) while "
+        f"{many['pairs']} pairs skip over their sockets at {fmt(many['rate'], 0)}/s: other "
+        "users' skip → notified, against the same load without the burst.\n"
+    )
+    w(
+        table(
+            ["run", "skips", "p50 ms", "p99 ms", "max ms"],
+            [
+                ["without the burst", without.get("n"), without.get("p50"), without.get("p99"),
+                 without.get("max")],
+                ["during the burst", during.get("n"), during.get("p50"), during.get("p99"),
+                 during.get("max")],
+            ],
+        )
+    )
+    w(
+        f"\nThe burst: {burst['opened']:,} of {burst['sockets']:,} opened, every `hello` in "
+        f"{fmt(burst['all_hellos_s'])} s (open p50 {fmt(burst['open_latency_ms'].get('p50'))} ms, "
+        f"p99 {fmt(burst['open_latency_ms'].get('p99'))} ms).\n"
+    )
+    return out

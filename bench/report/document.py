@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report.abuse_sections import abuse_section
-from bench.report.cost_sections import capacity_section, micro_section
+from bench.report.cost_sections import capacity_section, micro_section, socket_open_section
 from bench.report.integration_sections import deployments_section, integrations_section
 from bench.report.latency_sections import (
     floors_section,
@@ -37,6 +37,7 @@ def markdown(results: dict[str, Any], json_rel: Path, pngs: dict[str, Path], not
     out += deployments_section(results)
     out += abuse_section(results)
     out += capacity_section(results, pngs)
+    out += socket_open_section(results)
     out += micro_section(results)
     out += _tail(results, notes)
     return "\n".join(out)

@@ -171,7 +171,7 @@ def _capacity_bars(plt: Any, results: dict[str, Any], docs: Path) -> Path | None
             "tab:orange",
             "{:.1f}",
         )
-        a1.axhline(30, color="red", linestyle=":", label="target 30 KiB")
+        a1.axhline(25, color="red", linestyle=":", label="target 25 KiB")
         a1.set_ylabel("app RSS per client (KiB)")
         a1.set_title("App memory per client", fontsize=10)
         bars(
