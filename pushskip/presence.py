@@ -106,11 +106,13 @@ class Presence:
         self._sockets.pop(user_id, None)
         self._mark(user_id)
 
-    async def touch(self, user_id: str) -> None:
-        """An authenticated HTTP request: `user_id` is here now. Written before the request
-        is answered (at most once a second per user), or left to the writer if Redis fails.
+    def claim_touch(self, user_id: str) -> int:
+        """An authenticated request of `user_id`: the grace (ms) to push their deadline by
+        now, if that is due (at most once a second per user), else 0. A claim is written by
+        `write_touch`, or by the request's own step (enqueue and skip: Store), or given back
+        with `forget_touch` when the request failed.
 
-        Nothing to write while Redis lists the user among this process's sockets: they are
+        Nothing is due while Redis lists the user among this process's sockets: they are
         present as long as it does, and their last socket closing pushes the deadline to a
         later moment than this request would."""
         now = time.monotonic()
@@ -120,12 +122,26 @@ class Presence:
             and user_id not in self._writing
             and now < self._lease_until
         ):
-            return
+            return 0
         if now - self._touched.get(user_id, -self.touch_every_s) < self.touch_every_s:
-            return
+            return 0
         if len(self._touched) > 100_000:
             self._touched.clear()
         self._touched[user_id] = now
+        return self.grace_ms
+
+    def forget_touch(self, user_id: str) -> None:
+        """A claimed touch was not written (its request failed): the next request makes it."""
+        self._touched.pop(user_id, None)
+
+    async def touch(self, user_id: str) -> None:
+        """`user_id` is here now: their deadline is pushed before the request is answered
+        (when due, see claim_touch), or by the writer if Redis fails."""
+        if self.claim_touch(user_id):
+            await self.write_touch(user_id)
+
+    async def write_touch(self, user_id: str) -> None:
+        """Write a claimed touch; left to the writer if Redis fails."""
         try:
             await self._presence(self.process_id, str(self.grace_ms), "0", "0", user_id)
         except (RedisError, OSError):

@@ -79,11 +79,26 @@ class LeftBehind:
 
 
 def enqueue_args(
-    me: str, *, stale_s: int, address: str, max_waiting: int, rate: float = 0
+    me: str,
+    *,
+    stale_s: int,
+    address: str,
+    max_waiting: int,
+    rate: float = 0,
+    present_ms: int = 0,
 ) -> list[str]:
     """ARGV of lua/enqueue.lua (also for callers that pipeline it themselves); `rate`:
-    enqueues the address may make a second (0: no limit)."""
-    return [me, new_room_name(), str(stale_s * 1000), address, str(max_waiting), repr(rate)]
+    enqueues the address may make a second (0: no limit); `present_ms`: the grace to
+    mark `me` present with in the same step (0: not)."""
+    return [
+        me,
+        new_room_name(),
+        str(stale_s * 1000),
+        address,
+        str(max_waiting),
+        repr(rate),
+        str(present_ms),
+    ]
 
 
 def skip_args(
@@ -95,8 +110,9 @@ def skip_args(
     address: str,
     max_waiting: int,
     rate: float = 0,
+    present_ms: int = 0,
 ) -> list[str]:
-    """ARGV of lua/skip.lua."""
+    """ARGV of lua/skip.lua (`present_ms`: as for enqueue_args)."""
     return [
         me,
         "1" if requeue else "0",
@@ -106,6 +122,7 @@ def skip_args(
         address,
         str(max_waiting),
         repr(rate),
+        str(present_ms),
     ]
 
 
@@ -143,14 +160,16 @@ class Store:
         self.cooldown_s = cooldown_s
         self.max_waiting = max_waiting_per_address
 
-    async def enqueue(self, me: str, *, address: str) -> EnqueueReply:
-        """Queue `me` (who connects from `address`) and pair the earliest waiting users."""
+    async def enqueue(self, me: str, *, address: str, present_ms: int = 0) -> EnqueueReply:
+        """Queue `me` (who connects from `address`) and pair the earliest waiting users;
+        `present_ms`: a claimed presence touch to write in the same step (Presence)."""
         args = enqueue_args(
             me,
             stale_s=self.stale_s,
             address=address,
             max_waiting=self.max_waiting,
             rate=self.enqueue_rate,
+            present_ms=present_ms,
         )
         reply = EnqueueReply.decode(await self.scripts.enqueue(*args))
         if reply.status == "matched":
@@ -161,7 +180,9 @@ class Store:
         if self._on_change is not None:
             self._on_change()
 
-    async def skip(self, me: str, *, requeue: bool, address: str) -> SkipReply:
+    async def skip(
+        self, me: str, *, requeue: bool, address: str, present_ms: int = 0
+    ) -> SkipReply:
         started_ms = int(time.time() * 1000)
         t0 = time.perf_counter()
         args = skip_args(
@@ -172,6 +193,7 @@ class Store:
             address=address,
             max_waiting=self.max_waiting,
             rate=self.enqueue_rate,
+            present_ms=present_ms,
         )
         raw = await self.scripts.skip(*args)
         script_s = time.perf_counter() - t0

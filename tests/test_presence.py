@@ -292,6 +292,54 @@ async def test_idle_connected_users_cost_no_redis_commands(
             await ws.close()
 
 
+async def test_enqueue_and_skip_mark_their_user_present_in_their_own_step(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """An HTTP-only user's enqueue and skip push their presence deadline in the script
+    that does the action: one script call each, no presence write of its own. A refused
+    enqueue marks nothing, and the user's next request marks them."""
+    settings = make_settings(
+        redis_server.url,
+        presence_grace_s=30.0,
+        presence_lease_s=60.0,  # no lease or sweep script in the windows counted below
+        presence_sweep_s=60.0,
+        max_waiting_per_address=1,
+    )
+
+    async def scripts_run() -> int:
+        return int((await redis.info("commandstats"))["cmdstat_evalsha"]["calls"])
+
+    async def deadline(user: User) -> float | None:
+        return await redis.zscore(keys.PRESENCE_DEADLINES, user.id)
+
+    async with run_server(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        a, c, warm = await new_user(http), await new_user(http), await new_user(http)
+        for action in ("enqueue", "skip", "leave"):  # each script's first call loads it
+            await warm.call(action)
+        await asyncio.sleep(0.3)  # the lease's first renewal is done
+        before = await scripts_run()
+        assert (await a.call("enqueue"))["status"] == "waiting"
+        assert await scripts_run() - before == 1
+        now_ms = time.time() * 1000
+        first = await deadline(a)
+        assert first is not None and now_ms + 25_000 < first <= now_ms + 31_000
+
+        before = await scripts_run()
+        refused = await c.post("enqueue", {})  # a waits at the same address: over the cap
+        assert refused.status_code == 429
+        assert await scripts_run() - before == 1
+        assert await deadline(c) is None
+        await c.call("status")  # the touch the refusal gave back is written now
+        assert await deadline(c) is not None
+
+        await asyncio.sleep(1.1)  # a's next touch is due
+        before = await scripts_run()
+        assert (await a.call("skip", {"requeue": False}))["skipped"] is False
+        assert await scripts_run() - before == 1
+        later = await deadline(a)
+        assert later is not None and later > first
+
+
 @pytest.mark.parametrize("name", ["lease", "sweep", "presence"])
 def test_presence_scripts_exist(name: str) -> None:
     """The presence scripts load with the shared helpers (their source maps back)."""

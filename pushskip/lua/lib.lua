@@ -7,6 +7,14 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- An authenticated request of `user` (presence.py, claim_touch): their deadline
+-- moves to now + grace_ms (never earlier), in the request's own step.
+local function mark_present(user, grace_ms, now)
+  if grace_ms <= 0 then return end
+  redis.call('ZADD', K_PRESENCE_DEADLINES, 'GT', now + grace_ms, user)
+  redis.call('PEXPIRE', K_PRESENCE_DEADLINES, PRESENCE_KEEP_MS)
+end
+
 local function cooldown_key(a, b)
   if a < b then return K_COOLDOWN .. a .. ':' .. b end
   return K_COOLDOWN .. b .. ':' .. a

@@ -3,7 +3,8 @@
 -- ARGV[4] stale_ms, ARGV[5] rematch cooldown seconds, ARGV[6] me's client
 -- address, ARGV[7] most users one address may have waiting (past it, the skip
 -- still ends the match but `me` is not requeued: status 'idle'), ARGV[8]
--- enqueues one address may make a second (past it, likewise not requeued).
+-- enqueues one address may make a second (past it, likewise not requeued),
+-- ARGV[9] the grace (ms) to mark `me` present with, or 0 (presence.py, claim_touch).
 -- Returns JSON {skipped = false} with no match, else {skipped = true,
 -- roomName, partnerId, status = 'idle'|'waiting'|'matched', match = new match
 -- or absent}. Both users skipping at once: the first script ends the match,
@@ -13,6 +14,7 @@ local me, requeue, new_room = ARGV[1], ARGV[2] == '1', ARGV[3]
 local stale_ms, cooldown = tonumber(ARGV[4]), tonumber(ARGV[5])
 local address, max_waiting, rate = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
+mark_present(me, tonumber(ARGV[9]) or 0, now)
 local room, other = end_match(me, 'skipped', me, now)
 if not room then return cjson.encode({skipped = false}) end
 redis.call('SET', K_PRE_SKIP .. me, room, 'EX', PRE_SKIP_TTL)
