@@ -295,6 +295,25 @@ class Connection:
         return json.dumps({"type": "reply", "id": request_id, "status": status, "body": payload})
 
 
+class OpeningTurn:
+    """A socket's turn to open (Services.opening: so many at once), given back once."""
+
+    __slots__ = ("_gate", "_held")
+
+    def __init__(self, gate: asyncio.Semaphore) -> None:
+        self._gate = gate
+        self._held = False
+
+    async def take(self) -> None:
+        await self._gate.acquire()
+        self._held = True
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            self._gate.release()
+
+
 async def websocket_endpoint(websocket: WebSocket) -> None:
     found = services(websocket)
     await websocket.accept()
@@ -320,28 +339,40 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await close_quietly(websocket, closing.BAD_REQUEST.because(str(exc)), found.metrics)
         return
     del query
+    turn = OpeningTurn(found.opening)
+    await turn.take()
     try:
         async with found.hub.subscribe(user_id) as sub:
             found.presence.socket_opened(user_id)
             try:
-                await serve(websocket, found, sub, after, epoch)
+                await serve(websocket, found, sub, after, epoch, turn)
             finally:
                 found.presence.socket_closed(user_id)
     except TooManySockets:
+        turn.give_back()
         await close_quietly(websocket, closing.TOO_MANY_SOCKETS, found.metrics)
     except HubUnavailable as exc:
+        turn.give_back()
         if found.hub.closing:
             await close_quietly(websocket, closing.SHUTDOWN, found.metrics)
         else:
             reason = closing.LIVE_UNAVAILABLE
             logger.warning("socket of %s closed: %s (%s)", user_id, reason.text, exc)
             await close_quietly(websocket, reason, found.metrics)
+    finally:
+        turn.give_back()  # when anything else ended the socket before its hello
 
 
 async def serve(
-    websocket: WebSocket, found: Services, sub: Subscriber, after: int | None, epoch: str | None
+    websocket: WebSocket,
+    found: Services,
+    sub: Subscriber,
+    after: int | None,
+    epoch: str | None,
+    turn: OpeningTurn,
 ) -> None:
-    """Run one socket until the client leaves or the hub asks it to close.
+    """Run one socket until the client leaves or the hub asks it to close. Its opening
+    `turn` is given back once the hello is sent, or the socket refused.
 
     The writer runs in this task; one reader task answers pings and notices the
     client leaving. A writer stuck on a slow reader needs no cancelling: the
@@ -351,9 +382,11 @@ async def serve(
     try:
         status = await found.store.status(sub.user_id)
     except RedisError:
+        turn.give_back()
         await close_quietly(websocket, closing.REDIS_UNAVAILABLE, found.metrics)
         return
     if status.banned:
+        turn.give_back()
         await close_quietly(websocket, closing.BANNED, found.metrics)
         return
     # A client of another epoch, or one ahead of the log (Redis rolled it back,
@@ -367,7 +400,10 @@ async def serve(
         found.metrics.resets.inc()
     elif after is not None:
         conn.last_sent = after
-    await conn.send(hello(found, status, sub.user_id, reset=reset))
+    try:
+        await conn.send(hello(found, status, sub.user_id, reset=reset))
+    finally:
+        turn.give_back()
     reader = asyncio.create_task(conn.read())
     reader.add_done_callback(conn.on_reader_done)
     found.metrics.sockets.inc()

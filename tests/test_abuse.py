@@ -27,6 +27,7 @@ from pushskip import keys
 from pushskip.app import create_app
 from pushskip.embedded import EmbeddedRedis
 from pushskip.server import PushskipServer, server_config
+from pushskip.services import OPENING_AT_ONCE
 from tests.helpers import (
     User,
     app_process,
@@ -140,6 +141,33 @@ async def test_sockets_per_user_are_capped_with_4429(
             assert (await recv_json(again))["type"] == "hello"
         for ws in sockets:
             await ws.close()
+
+
+async def test_a_burst_of_opens_takes_turns_and_every_turn_comes_back(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """Sockets open OPENING_AT_ONCE at a time, and a turn comes back however the open
+    ends: after 3x that many refused opens at once (4429, over the per-user cap), 3x that
+    many new users opening at once all get their hello."""
+    burst = 3 * OPENING_AT_ONCE
+    async with server(redis_server.url, max_sockets_per_user=1) as (base, http):
+        user = await new_user(http)
+        async with websockets.connect(ws_url(base, user)) as first:
+            assert (await recv_json(first))["type"] == "hello"
+            extra = await asyncio.gather(
+                *(websockets.connect(ws_url(base, user)) for _ in range(burst))
+            )
+            for ws in extra:
+                with pytest.raises(websockets.ConnectionClosed) as info:
+                    await recv_json(ws)
+                assert info.value.rcvd is not None and info.value.rcvd.code == 4429
+            others = [await new_user(http) for _ in range(burst)]
+            sockets = await asyncio.gather(*(websockets.connect(ws_url(base, u)) for u in others))
+            try:
+                hellos = await asyncio.gather(*(recv_json(ws) for ws in sockets))
+                assert [h["userId"] for h in hellos] == [u.id for u in others]
+            finally:
+                await asyncio.gather(*(ws.close() for ws in sockets))
 
 
 # --- addresses -------------------------------------------------------------------------
