@@ -78,7 +78,8 @@ def _head(results: dict[str, Any], json_rel: Path) -> list[str]:
         "`PUSHSKIP_SECRET`, `PUSHSKIP_RATE_PER_S`/`PUSHSKIP_RATE_BURST` = 1e6 (the per-user rate "
         f"limit must not shape the load), `PUSHSKIP_PRESENCE_GRACE_S=3600` (the HTTP-only skippers would be declared gone between their skips), `PUSHSKIP_REMATCH_COOLDOWN_S={cfg.get('cooldown_s')}`; "
         "everything listens on 127.0.0.1 or a unix socket, every load is bounded in count and time. "
-        "`--phases micro,floors,latency,saturation,profile,capacity` runs a subset, "
+        "`--phases latency,socket_open` (any of micro, floors, latency, saturation, profile, "
+        "capacity, socket_open, integrations, abuse, deployments) runs a subset, "
         "`--keep-workdir` keeps the server logs and the full profile tree.\n"
     )
     w("## Machine\n")
