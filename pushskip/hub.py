@@ -224,15 +224,20 @@ class Hub:
         while self._users and loop.time() < deadline:
             await asyncio.sleep(0.02)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, user_id: str) -> AsyncIterator[Subscriber]:
-        """A subscriber for `user_id` whose channel is live before this yields.
-
-        Raises TooManySockets, at once, when the user already has `max_per_user` here."""
+    def admit(self, user_id: str) -> None:
+        """Raise what subscribe() would raise at once: HubUnavailable when shutting down,
+        TooManySockets when the user already has `max_per_user` sockets here."""
         if self._closing:
             raise HubUnavailable("shutting down")
         if len(self._users.get(user_id, ())) >= self.max_per_user:
             raise TooManySockets(user_id)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, user_id: str) -> AsyncIterator[Subscriber]:
+        """A subscriber for `user_id` whose channel is live before this yields.
+
+        Raises at once what admit() raises."""
+        self.admit(user_id)
         sub = Subscriber(user_id, self.queue_size, self.slow_send_s)
         subs = self._users.get(user_id)
         first = subs is None

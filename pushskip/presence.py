@@ -110,7 +110,10 @@ class Presence:
         """An authenticated request of `user_id`: the grace (ms) to push their deadline by
         now, if that is due (at most once a second per user), else 0. A claim is written by
         `write_touch`, or by the request's own step (enqueue and skip: Store), or given back
-        with `forget_touch` when the request failed.
+        with `forget_touch` when the request failed. A request of the same user in flight
+        meanwhile writes none (one claim per second), so it may be answered before the
+        claiming request's write; a claim given back leaves the deadline to the next
+        request, well inside the grace (at most four claims per grace).
 
         Nothing is due while Redis lists the user among this process's sockets: they are
         present as long as it does, and their last socket closing pushes the deadline to a
@@ -133,12 +136,6 @@ class Presence:
     def forget_touch(self, user_id: str) -> None:
         """A claimed touch was not written (its request failed): the next request makes it."""
         self._touched.pop(user_id, None)
-
-    async def touch(self, user_id: str) -> None:
-        """`user_id` is here now: their deadline is pushed before the request is answered
-        (when due, see claim_touch), or by the writer if Redis fails."""
-        if self.claim_touch(user_id):
-            await self.write_touch(user_id)
 
     async def write_touch(self, user_id: str) -> None:
         """Write a claimed touch; left to the writer if Redis fails."""

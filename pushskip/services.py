@@ -34,11 +34,14 @@ _ATTRIBUTE = "pushskip_services"
 SessionVerifier = Callable[[Request], Awaitable[bool]]
 
 # Sockets that may be opening at once past their token check (subscription, status read,
-# hello; ws.py); the others wait their turn. A burst of opens (every client of a
-# restarted process coming back at once) then queues for its hellos instead of taking
-# the event loop from the sockets already open: measured with 1,000 sockets opening
-# beside 100 skips/s, other users' skip -> notified p99 went from ~500 ms to ~130 ms.
+# hello; ws.py); the others wait their turn, at most OPENING_WAIT_S (then they open
+# anyway, so a Redis that is away cannot build up a queue). A burst of opens (every
+# client of a restarted process coming back at once) then queues for its hellos instead
+# of taking the event loop from the sockets already open: with 1,000 sockets opening
+# beside 100 skips/s, other users' skip -> notified p99 was 472-598 ms without turns and
+# 67-257 ms with them (docs/benchmarks.md, Notes).
 OPENING_AT_ONCE = 16
+OPENING_WAIT_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

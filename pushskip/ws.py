@@ -33,7 +33,7 @@ from pushskip.closing import CloseReason
 from pushskip.hub import PONG, RESYNC, HubUnavailable, Reply, Subscriber, TooManySockets
 from pushskip.media import media_event_text, with_media
 from pushskip.metrics import Metrics
-from pushskip.services import Services, services
+from pushskip.services import OPENING_WAIT_S, Services, services
 from pushskip.store import UserStatus
 from pushskip.tasks import cancel_and_wait
 
@@ -296,17 +296,26 @@ class Connection:
 
 
 class OpeningTurn:
-    """A socket's turn to open (Services.opening: so many at once), given back once."""
+    """A socket's turn to open (Services.opening: so many at once), given back once.
+    One that waits `wait_s` in vain opens without a turn."""
 
-    __slots__ = ("_gate", "_held")
+    __slots__ = ("_gate", "_held", "wait_s")
 
-    def __init__(self, gate: asyncio.Semaphore) -> None:
+    def __init__(self, gate: asyncio.Semaphore, wait_s: float = OPENING_WAIT_S) -> None:
         self._gate = gate
         self._held = False
+        self.wait_s = wait_s
 
     async def take(self) -> None:
-        await self._gate.acquire()
+        try:
+            await asyncio.wait_for(self._gate.acquire(), self.wait_s)
+        except TimeoutError:
+            return
         self._held = True
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def give_back(self) -> None:
         if self._held:
@@ -340,8 +349,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     del query
     turn = OpeningTurn(found.opening)
-    await turn.take()
     try:
+        found.hub.admit(user_id)  # refused at once, without waiting for a turn
+        await turn.take()
         async with found.hub.subscribe(user_id) as sub:
             found.presence.socket_opened(user_id)
             try:

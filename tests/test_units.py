@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -18,7 +19,7 @@ from pushskip.config import (
     Settings,
 )
 from pushskip.ratelimit import RateLimiter
-from pushskip.ws import origin_allowed
+from pushskip.ws import OpeningTurn, origin_allowed
 
 SECRET = "unit-test-secret"
 
@@ -415,3 +416,22 @@ def test_cluster_key_names_carry_one_hash_tag() -> None:
     finally:
         k.use_tag("")
     assert k.match("u_a") == "match:u_a" and k.PUBLISH == "PUBLISH"
+
+
+async def test_an_opening_turn_is_given_back_once_and_a_long_wait_opens_without_one() -> None:
+    gate = asyncio.Semaphore(1)
+    first = OpeningTurn(gate, wait_s=0.05)
+    await first.take()
+    assert first.held
+    second = OpeningTurn(gate, wait_s=0.05)
+    await second.take()  # waits in vain, then opens without a turn
+    assert not second.held
+    second.give_back()  # gives back nothing it did not hold
+    assert gate.locked()
+    first.give_back()
+    first.give_back()  # once only
+    third = OpeningTurn(gate, wait_s=0.05)
+    await third.take()
+    assert third.held and gate.locked()
+    third.give_back()
+    assert not gate.locked()
