@@ -130,7 +130,28 @@ async def flood(ws_base: str, token: str, stop: asyncio.Event) -> int:
     return sent
 
 
+def raw_websocket(base: str, token: str) -> tuple[socket.socket, bytes]:
+    """A WebSocket opened by hand: the handshake, then nothing more read (a client that
+    never reads what comes back). The socket, and the answer up to the end of its headers
+    and not a byte further (shorter if the server closed first)."""
+    parts = urlsplit(base)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.sendall(
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        byte = sock.recv(1)
+        if not byte:
+            break
+        answer += byte
+    return sock, answer
+
+
 def masked_frame(payload: bytes) -> bytes:
+    """One masked text frame (a client's), payload under 126 bytes."""
     mask = b"\x01\x02\x03\x04"
     return (
         bytes([0x81, 0x80 | len(payload)])
@@ -142,25 +163,13 @@ def masked_frame(payload: bytes) -> bytes:
 def never_reading_flood(base: str, token: str, seconds: float) -> dict[str, Any]:
     """In a thread: open a socket by hand (read up to the end of the 101, never a byte more),
     send pings as fast as TCP takes them until dropped, then again, for `seconds`."""
-    parts = urlsplit(base)
     chunk = masked_frame(PING) * 4096
     deadline = time.monotonic() + seconds
     sent = connections = 0
     last_drop = None
     while time.monotonic() < deadline:
-        sock = socket.create_connection((parts.hostname, parts.port))
+        sock, _ = raw_websocket(base, token)
         connections += 1
-        sock.sendall(
-            f"GET /ws?token={token} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            byte = sock.recv(1)
-            if not byte:
-                break
-            answer += byte
         sock.settimeout(max(0.1, deadline - time.monotonic()))
         try:
             while time.monotonic() < deadline:

@@ -23,6 +23,7 @@ import websockets
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from bench.abuse import masked_frame, raw_websocket
 from pushskip import keys
 from pushskip.app import create_app
 from pushskip.embedded import EmbeddedRedis
@@ -275,25 +276,6 @@ async def test_bot_pool_on_one_address_cannot_keep_two_real_users_apart(
 
             meetings: dict[str, list[str]] = {}
 
-            async def real(user: User, other: User) -> tuple[float, list[str]]:
-                """Skip every bot; done when a socket event says matched with `other`."""
-                met = meetings[user.id] = []
-                async with websockets.connect(ws_url(base, user)) as ws:
-                    await recv_json(ws)
-                    started = time.monotonic()
-                    await user.call("enqueue")
-                    while True:
-                        event = await recv_json(ws, timeout=10)
-                        if event["type"] in ("partner-skipped", "partner-left"):
-                            await user.call("enqueue")  # as the bundled client does
-                        if event["type"] != "matched":
-                            continue
-                        partner = event["match"]["partnerId"]
-                        met.append(partner)
-                        if partner == other.id:
-                            return time.monotonic() - started, met
-                        await user.call("skip", {"requeue": True})
-
             tasks = [asyncio.create_task(bot(b)) for b in bots]
             try:
                 await asyncio.sleep(2.0)
@@ -302,7 +284,8 @@ async def test_bot_pool_on_one_address_cannot_keep_two_real_users_apart(
                 a = await session_from(http, REAL_ADDRESSES[0])
                 b = await session_from(http, REAL_ADDRESSES[1])
                 try:
-                    results = await asyncio.wait_for(asyncio.gather(real(a, b), real(b, a)), 15)
+                    both = asyncio.gather(meet(base, a, b, meetings), meet(base, b, a, meetings))
+                    results = await asyncio.wait_for(both, 15)
                 except TimeoutError:
                     raise AssertionError(("never met", meetings)) from None
             finally:
@@ -419,27 +402,10 @@ async def test_session_verifier_can_refuse_a_session(
 
 
 def raw_socket_to(base: str, token: str) -> socket.socket:
-    """A WebSocket opened by hand: the handshake, then nothing more read, for a client that
-    sends frames as fast as TCP takes them and never reads a byte of what comes back."""
-    parts = urlsplit(base)
-    sock = socket.create_connection((parts.hostname, parts.port))
-    sock.sendall(
-        f"GET /ws?token={token} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += sock.recv(1)  # up to the end of the 101 and not a byte further
+    """A WebSocket opened by hand, its 101 read and not a byte further (bench.abuse)."""
+    sock, answer = raw_websocket(base, token)
     assert answer.startswith(b"HTTP/1.1 101"), answer
     return sock
-
-
-def masked_frame(payload: bytes) -> bytes:
-    """One masked text frame (a client's), payload under 126 bytes."""
-    mask = b"\x01\x02\x03\x04"
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x81, 0x80 | len(payload)]) + mask + body
 
 
 def flood_until_dropped(sock: socket.socket, chunk: bytes, limit_bytes: int) -> int:
