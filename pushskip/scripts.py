@@ -36,6 +36,7 @@ SCRIPT_NAMES = (
     "user_info",
     "stats",
     "media_presence",
+    "status",
 )
 NO_OUTBOX: frozenset[str] = frozenset()
 _LINE = re.compile(r"user_script:(\d+)")
@@ -150,6 +151,7 @@ class Scripts:
     user_info: Script
     stats: Script
     media_presence: Script
+    status: Script
 
     @classmethod
     def register(

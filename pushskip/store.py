@@ -258,15 +258,9 @@ class Store:
         """Where `me` stands, and their log's last seq and epoch, at one moment."""
 
         async def read() -> UserStatus:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.get(keys.match(me))
-                pipe.zscore(keys.QUEUE, me)
-                pipe.get(keys.event_seq(me))
-                pipe.get(keys.event_epoch(me))
-                pipe.exists(keys.banned(me))
-                raw, queued, last, stored_epoch, banned = await pipe.execute()
+            raw, queued, last, stored_epoch, banned = await self.scripts.status.call_raw(me)
             epoch = epoch_of(stored_epoch)
-            state: State = "matched" if raw else ("waiting" if queued is not None else "idle")
+            state: State = "matched" if raw else ("waiting" if queued else "idle")
             match = match_view(raw, me) if raw else None
             return UserStatus(state, match, int(last or 0), epoch, bool(banned))
 

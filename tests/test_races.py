@@ -230,6 +230,43 @@ async def test_skip_racing_partner_enqueue_never_rematches_them(
                 assert partner_of(matches[a.id], a.id) != b.id
 
 
+STATUS_CYCLES = 60
+
+
+async def test_status_is_read_at_one_moment(http: httpx.AsyncClient) -> None:
+    """A status read racing matches and skips never mixes two moments: one user meets a
+    new partner who then skips, again and again, so their log gains `matched` then
+    `partner-skipped`; every read while that runs says matched exactly when lastSeq is odd."""
+    me = await new_user(http)
+    partners = await fresh_users(http, STATUS_CYCLES)
+    reads: list[dict[str, Any]] = []
+    done = asyncio.Event()
+
+    async def keep_reading() -> None:
+        while not done.is_set():
+            reads.append(await me.call("status"))
+
+    readers = [asyncio.create_task(keep_reading()) for _ in range(4)]
+    try:
+        for partner in partners:
+            await me.call("enqueue")
+            await jittered(partner.call("enqueue"))
+            await jittered(partner.call("skip", {"requeue": False}))
+    finally:
+        done.set()
+        await asyncio.gather(*readers)
+    types = [e["type"] for e in await events_of(me)]
+    assert types == ["matched", "partner-skipped"] * STATUS_CYCLES
+    seen_matched = 0
+    for st in reads:
+        matched = st["state"] == "matched"
+        assert matched == (st["lastSeq"] % 2 == 1), st
+        assert (st["match"] is not None) == matched, st
+        seen_matched += matched
+    # The reads did land on both sides of the race.
+    assert seen_matched and len(reads) - seen_matched
+
+
 async def test_concurrent_check_disconnect_never_loses_a_flag(
     http: httpx.AsyncClient, redis: Redis
 ) -> None:
