@@ -12,7 +12,8 @@ configurations interleaved round by round so machine noise hits them alike:
 - `livekit-slow`: LiveKit configured, against the stand-in LiveKit server
   (`bench.livekit_standin`) answering each DeleteRoom after 2 s: every match
   sent to a user carries a freshly minted token, every ended match's room is
-  deleted.
+  deleted (from the app's child process, whose CPU is reported beside the
+  app's).
 
 Each configuration has its own Redis database (an outbox is per database, and
 the apps must not deliver each other's entries) on the bench's Redis server.
@@ -122,6 +123,7 @@ async def phase_integrations(bench: Bench, results: dict[str, Any]) -> None:
                     "lost": result["lost"],
                     "errors": result["errors"],
                     "app_cpu_ms_per_skip": result["app_cpu_ms_per_skip"],
+                    "app_helpers_cpu_ms_per_skip": result.get("app_helpers_cpu_ms_per_skip"),
                     "skips_answered": result["skips_answered"],
                 }
             )
@@ -135,9 +137,12 @@ async def phase_integrations(bench: Bench, results: dict[str, Any]) -> None:
     for name in order:
         lat = summarize(pooled[name])
         cpu = [r["app_cpu_ms_per_skip"] for r in runs if r["config"] == name]
+        helpers = [r["app_helpers_cpu_ms_per_skip"] or 0.0 for r in runs if r["config"] == name]
         summary[name] = {
             "latency_ms": lat,
             "app_cpu_ms_per_skip": round(sum(c for c in cpu if c) / max(1, len(cpu)), 3),
+            # The app's child processes (offload.py): LiveKit's deliveries, off its loop.
+            "app_helpers_cpu_ms_per_skip": round(sum(helpers) / max(1, len(helpers)), 3),
         }
     base_lat = summary["off"]["latency_ms"]
     for name in order[1:]:

@@ -4,7 +4,8 @@
   room>)` and identity = the user id, valid `PUSHSKIP_MEDIA_TOKEN_TTL_S`.
 - Room deletion: the room service's `DeleteRoom` (the SDK's Twirp client), as
   the outbox's `livekit` target: any process, retried with backoff, and a room
-  the server says is not there counts as deleted.
+  the server says is not there counts as deleted. The SDK's calls run in a
+  child process (offload.py), off the serving loop.
 - Webhooks: `WebhookReceiver` + `TokenVerifier` with the API key and secret;
   `participant_left` / `participant_joined` become presence news.
 
@@ -15,6 +16,7 @@ and LIVEKIT_API_SECRET are set.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 
@@ -23,7 +25,8 @@ from livekit import api as lk
 
 from pushskip import keys
 from pushskip.media import InvalidMediaWebhook, MediaEvent
-from pushskip.outbox import Entry
+from pushskip.offload import OffloadedTarget
+from pushskip.outbox import Entry, Target
 
 logger = logging.getLogger("pushskip.livekit")
 
@@ -78,6 +81,9 @@ class RoomDeleter:
             self._minted = now
         return self._api
 
+    async def start(self) -> None:
+        pass  # the session is made in the running loop, at the first deletion
+
     async def deliver(self, entry: Entry) -> bool:
         room = str(entry.data.get("room", ""))
         try:
@@ -107,14 +113,18 @@ class LiveKit:
         self._key, self._secret = api_key, api_secret
         self._ttl = dt.timedelta(seconds=token_ttl_s)
         self._webhooks = lk.WebhookReceiver(lk.TokenVerifier(api_key, api_secret))
-        self._rooms = RoomDeleter(url, api_key, api_secret)
+        self._rooms = OffloadedTarget(
+            functools.partial(RoomDeleter, url, api_key, api_secret),
+            name=RoomDeleter.name,
+            concurrency=RoomDeleter.concurrency,
+        )
         self._grants: dict[tuple[str, str], tuple[str, float]] = {}
 
     def __repr__(self) -> str:
         return f"LiveKit(url={self.url!r}, token_ttl={self._ttl})"
 
     @property
-    def rooms(self) -> RoomDeleter:
+    def rooms(self) -> Target:
         return self._rooms
 
     def grant(self, user_id: str, room: str) -> dict[str, str]:

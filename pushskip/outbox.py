@@ -81,6 +81,9 @@ class Target(Protocol):
     # Entries one process delivers at once.
     concurrency: int
 
+    async def start(self) -> None:
+        """Get ready to deliver (called once, before the first claim)."""
+
     async def deliver(self, entry: Entry) -> bool:
         """Deliver one entry; True when done (the receiver took it, or it needs nothing
         more), False to try again later. Must not raise for a receiver's failure."""
@@ -184,6 +187,7 @@ class Outbox:
 
     async def start(self) -> None:
         for lane in self._lanes:
+            await lane.target.start()
             name = f"pushskip-outbox-{lane.target.name}"
             self._tasks.append(asyncio.create_task(self._deliver_loop(lane), name=name))
         if self.targets:

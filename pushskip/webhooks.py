@@ -88,5 +88,8 @@ class WebhookTarget:
         )
         return False
 
+    async def start(self) -> None:
+        pass  # the client connects at the first delivery
+
     async def aclose(self) -> None:
         await self._client.aclose()

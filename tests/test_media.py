@@ -54,6 +54,15 @@ class StandIn:
         async with serve_asgi(self.server.app, self.port):
             yield self.server
 
+    def env(self, **more: str) -> dict[str, str]:
+        """The environment of a `pushskip serve` that uses this stand-in, and `more`."""
+        return {
+            "LIVEKIT_URL": self.url,
+            "LIVEKIT_API_KEY": API_KEY,
+            "LIVEKIT_API_SECRET": API_SECRET,
+            **more,
+        }
+
 
 def media_settings(redis_url: str, standin: StandIn, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
@@ -234,13 +243,7 @@ async def test_a_process_killed_right_after_a_skip_still_gets_its_room_deleted(
 ) -> None:
     """The skip's process is SIGKILLed before it can delete the room: another process does."""
     standin = StandIn()
-    env = {
-        "LIVEKIT_URL": standin.url,
-        "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET,
-        "PUSHSKIP_OUTBOX_LEASE_S": "2",
-        "PUSHSKIP_OUTBOX_BACKOFF_MAX_S": "1",
-    }
+    env = standin.env(PUSHSKIP_OUTBOX_LEASE_S="2", PUSHSKIP_OUTBOX_BACKOFF_MAX_S="1")
     async with standin.up():
         with (
             app_process(redis_server.url, **env) as (url_1, proc_1),
@@ -256,6 +259,26 @@ async def test_a_process_killed_right_after_a_skip_still_gets_its_room_deleted(
             standin.server.delay_s = 0.0
             await wait_deleted(standin, {room}, timeout=30)
     assert standin.server.deleted() == [room]
+
+
+async def test_workers_delete_rooms_from_their_own_child_processes(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """Under `--workers`, each worker (a daemonic process) starts the child its deletions
+    run in, and every ended match's room is deleted."""
+    standin = StandIn()
+    env = standin.env(PUSHSKIP_WORKERS="2")
+    async with standin.up():
+        with app_process(redis_server.url, **env) as (url, _):
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+                rooms = set()
+                for _ in range(8):  # a new connection each time: both workers take some
+                    http.headers["connection"] = "close"
+                    a, _b, room, _match = await pair(http)
+                    assert (await a.call("skip", {"requeue": False}))["skipped"] is True
+                    rooms.add(room)
+                await wait_deleted(standin, rooms, timeout=30)
+    assert sorted(standin.server.deleted()) == sorted(rooms)
 
 
 # --- LiveKit's webhooks ---------------------------------------------------------------------

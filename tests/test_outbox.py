@@ -65,6 +65,9 @@ class Collecting:
         self.journal.append(("ok", entry.id))
         return True
 
+    async def start(self) -> None:
+        pass
+
     async def aclose(self) -> None:
         self.closed = True
 

@@ -44,6 +44,7 @@ def integrations_section(results: dict[str, Any]) -> list[str]:
                 _ratio(item.get("p50_ratio")),
                 _ratio(item.get("p99_ratio")),
                 item.get("app_cpu_ms_per_skip"),
+                item.get("app_helpers_cpu_ms_per_skip", "–"),
             ]
         )
     w(
@@ -57,6 +58,7 @@ def integrations_section(results: dict[str, Any]) -> list[str]:
                 "p50 / off",
                 "p99 / off",
                 "app CPU ms/skip",
+                "its child's CPU ms/skip",
             ],
             rows,
         )

@@ -1,0 +1,251 @@
+"""An outbox target whose deliveries run in a child process (`OffloadedTarget`).
+
+A delivery through a vendor's SDK can cost the serving loop more CPU than the
+skip it follows: LiveKit's room service client (aiohttp, protobuf) spends
+~0.25 ms of CPU per `DeleteRoom`, a sixth of a whole skip cycle. Work that is
+on no user's path should not queue in front of one, so the target's `deliver`
+runs in a child process at a lower CPU priority: the serving process sends it
+`(n, entry)` over a socket pair and waits for `(n, delivered)`, which costs it
+a few tens of microseconds.
+
+Everything else stays where it was: the outbox in the serving process claims,
+settles, retries, backs off, trips its breaker and counts (outbox.py); the
+child only delivers. A child that dies takes its deliveries under way with it
+(each counts as failed and is retried after its backoff) and is started again
+at the next delivery, at most once per RESTART_PAUSE_S. The child dies with
+its parent.
+
+The child is a plain subprocess (`python -m pushskip.offload`), not a
+multiprocessing one: a `--workers` worker is a daemonic process, which
+multiprocessing does not let have children. Its first messages are the
+parent's `sys.path` and log level, then `factory`, a picklable callable (a
+class and its arguments) that makes the target in the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pushskip.embedded import die_with_parent
+from pushskip.outbox import Entry, Target
+from pushskip.tasks import cancel_and_wait
+
+logger = logging.getLogger("pushskip.offload")
+
+# The child's niceness: the kernel gives the serving process the CPU first.
+CHILD_NICENESS = 10
+# A delivery the child has not answered after this long counts as failed (the
+# target's own timeouts are shorter; this covers a child that hangs).
+ANSWER_TIMEOUT_S = 60.0
+RESTART_PAUSE_S = 1.0
+STOP_TIMEOUT_S = 5.0
+# The environment variable that tells the child which file descriptor is its socket.
+FD_VARIABLE = "PUSHSKIP_OFFLOAD_FD"
+_HEADER = struct.Struct("!I")
+
+
+def _frame(message: Any) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    """The next message; IncompleteReadError at the end of the stream."""
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    return pickle.loads(await reader.readexactly(size))
+
+
+class OffloadedTarget:
+    """A Target (outbox.py) that delivers through `factory()`'s target in a child process."""
+
+    def __init__(self, factory: Callable[[], Target], *, name: str, concurrency: int) -> None:
+        self.factory = factory
+        self.name = name
+        self.concurrency = concurrency
+        self._process: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[bool]] = {}
+        self._next = 0
+        self._started_at = float("-inf")
+        self._starting: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"OffloadedTarget({self.name!r}, pid={self.pid})"
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid while it runs."""
+        return self._process.pid if self._process is not None and self._writer else None
+
+    async def start(self) -> None:
+        """Start the child now, so the first deliveries do not wait for its start-up."""
+        await self._child()
+
+    async def deliver(self, entry: Entry) -> bool:
+        writer = await self._child()
+        if writer is None:
+            return False
+        n = self._next = self._next + 1
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[n] = answer
+        try:
+            writer.write(_frame((n, entry.id, entry.data, entry.attempt, entry.recorded_ms)))
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                return await answer
+        except (TimeoutError, ConnectionError):
+            logger.warning("%s: no answer from the child about %s", self.name, entry.id)
+            return False
+        finally:
+            self._waiting.pop(n, None)
+
+    async def _child(self) -> asyncio.StreamWriter | None:
+        """The running child's pipe, starting the child if there is none (None: it died
+        less than RESTART_PAUSE_S ago, or cannot start)."""
+        if self._writer is not None:
+            return self._writer
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._writer is not None:
+                return self._writer
+            if time.monotonic() - self._started_at < RESTART_PAUSE_S:
+                return None
+            self._started_at = time.monotonic()
+            try:
+                await self._start()
+            except OSError as exc:
+                logger.error("%s: cannot start the delivering process: %r", self.name, exc)
+                return None
+            return self._writer
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            # preexec_fn runs in the forked child, from the loop's thread: the child
+            # gets SIGTERM when that thread (this process) ends.
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "pushskip.offload",
+                pass_fds=(theirs.fileno(),),
+                env={**os.environ, FD_VARIABLE: str(theirs.fileno())},
+                preexec_fn=die_with_parent,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        level = logging.getLogger().getEffectiveLevel()
+        # Two messages: the child sets the path before it unpickles the factory.
+        writer.write(_frame((list(sys.path), level)) + _frame(self.factory))
+        self._process, self._writer = process, writer
+        self._reader_task = asyncio.create_task(
+            self._read_answers(reader, writer), name=f"pushskip-{self.name}-answers"
+        )
+        logger.info("%s: delivering from process %d", self.name, process.pid)
+
+    async def _read_answers(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while True:
+                n, delivered = await _read_frame(reader)
+                answer = self._waiting.get(n)
+                if answer is not None and not answer.done():
+                    answer.set_result(bool(delivered))
+        except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError) as exc:
+            logger.warning("%s: the delivering process is gone (%r)", self.name, exc)
+        finally:
+            if self._writer is writer:
+                self._writer = None
+            writer.close()
+            # Its deliveries under way failed; the outbox retries them after their backoff.
+            for answer in self._waiting.values():
+                if not answer.done():
+                    answer.set_result(False)
+
+    async def aclose(self) -> None:
+        writer, process = self._writer, self._process
+        self._writer = None
+        if writer is not None:
+            writer.close()  # the child sees the end of its stream and exits
+        if self._reader_task is not None:
+            await cancel_and_wait([self._reader_task])
+        if process is not None and process.returncode is None:
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+def child_main() -> None:  # pragma: no cover - runs in the child (tests drive it)
+    """The child: deliver each entry it is sent, answer each with whether it went through."""
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides when
+    # this one stops (it closes the socket), or its death does (SIGTERM).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICENESS)
+    sock = socket.socket(fileno=int(os.environ.pop(FD_VARIABLE)))
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(_child_loop(sock))
+
+
+async def _child_loop(sock: socket.socket) -> None:  # pragma: no cover - runs in the child
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        # The parent's sys.path first, so its factory unpickles as it does there.
+        path, level = await _read_frame(reader)
+        sys.path[:] = path
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        factory = await _read_frame(reader)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return
+    target: Target = factory()
+    await target.start()
+    under_way: set[asyncio.Task[None]] = set()
+
+    async def one(n: int, entry: Entry) -> None:
+        try:
+            delivered = await target.deliver(entry)
+        except Exception:
+            logger.exception("delivering %s failed", entry.id)
+            delivered = False
+        writer.write(_frame((n, delivered)))
+
+    try:
+        while True:
+            try:
+                n, entry_id, data, attempt, recorded_ms = await _read_frame(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return  # the parent closed the socket, or is gone
+            task = asyncio.create_task(one(n, Entry(entry_id, data, attempt, recorded_ms)))
+            under_way.add(task)
+            task.add_done_callback(under_way.discard)
+    finally:
+        await cancel_and_wait(under_way)
+        await target.aclose()
+        writer.close()
+
+
+if __name__ == "__main__":
+    child_main()

@@ -1,0 +1,85 @@
+"""OffloadedTarget: deliveries run in a child process, which the serving process outlives."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+
+from pushskip.offload import CHILD_NICENESS, RESTART_PAUSE_S, OffloadedTarget
+from pushskip.outbox import Entry
+
+
+class ChildTarget:
+    """Delivers in the child: done when `data["ok"]` and it runs in another process than
+    `parent`, after `data["wait_s"]`."""
+
+    name = "test"
+    concurrency = 8
+
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+
+    async def deliver(self, entry: Entry) -> bool:
+        await asyncio.sleep(float(entry.data.get("wait_s", 0)))
+        return bool(entry.data.get("ok")) and os.getpid() != self.parent
+
+    async def start(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+def offloaded() -> OffloadedTarget:
+    return OffloadedTarget(functools.partial(ChildTarget, os.getpid()), name="test", concurrency=8)
+
+
+def entry(n: int, **data: object) -> Entry:
+    return Entry(f"e{n}", dict(data), 1, 0)
+
+
+async def test_deliveries_run_in_a_lower_priority_child_and_answer_each_entry() -> None:
+    target = offloaded()
+    try:
+        got = await asyncio.gather(
+            *(target.deliver(entry(n, ok=n % 3 != 0, wait_s=0.05)) for n in range(30))
+        )
+        assert got == [n % 3 != 0 for n in range(30)]
+        pid = target.pid
+        assert pid is not None and pid != os.getpid()
+        nice = os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0)
+        assert nice == CHILD_NICENESS
+    finally:
+        await target.aclose()
+    assert target.pid is None
+    assert not _alive(pid)  # stopped, and reaped
+
+
+async def test_a_dead_child_fails_its_deliveries_and_is_started_again() -> None:
+    target = offloaded()
+    try:
+        assert await target.deliver(entry(0, ok=True))
+        first = target.pid
+        assert first is not None
+        under_way = [
+            asyncio.create_task(target.deliver(entry(n, ok=True, wait_s=30))) for n in (1, 2)
+        ]
+        await asyncio.sleep(0.3)
+        os.kill(first, signal.SIGKILL)
+        assert await asyncio.wait_for(asyncio.gather(*under_way), 10) == [False, False]
+        # Started again, after a pause, at a later delivery.
+        await asyncio.sleep(RESTART_PAUSE_S)
+        assert await target.deliver(entry(3, ok=True))
+        assert target.pid not in (None, first)
+    finally:
+        await target.aclose()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
