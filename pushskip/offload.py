@@ -15,7 +15,7 @@ child only delivers. A child that dies takes its deliveries under way with it
 at the next delivery, at most once per RESTART_PAUSE_S. The child dies with
 its parent.
 
-The child is a plain subprocess (`python -m pushskip.offload`), not a
+The child is a plain subprocess (`python -m pushskip.offload FD`), not a
 multiprocessing one: a `--workers` worker is a daemonic process, which
 multiprocessing does not let have children. Its first messages are the
 parent's `sys.path` and log level, then `factory`, a picklable callable (a
@@ -50,8 +50,6 @@ CHILD_NICENESS = 10
 ANSWER_TIMEOUT_S = 60.0
 RESTART_PAUSE_S = 1.0
 STOP_TIMEOUT_S = 5.0
-# The environment variable that tells the child which file descriptor is its socket.
-FD_VARIABLE = "PUSHSKIP_OFFLOAD_FD"
 _HEADER = struct.Struct("!I")
 
 
@@ -139,8 +137,8 @@ class OffloadedTarget:
                 sys.executable,
                 "-m",
                 "pushskip.offload",
+                str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
-                env={**os.environ, FD_VARIABLE: str(theirs.fileno())},
                 preexec_fn=die_with_parent,
                 stdin=asyncio.subprocess.DEVNULL,
             )
@@ -202,7 +200,7 @@ def child_main() -> None:  # pragma: no cover - runs in the child (tests drive i
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICENESS)
-    sock = socket.socket(fileno=int(os.environ.pop(FD_VARIABLE)))
+    sock = socket.socket(fileno=int(sys.argv[1]))  # its end of the socket pair
     with contextlib.suppress(ImportError):
         import uvloop
 
