@@ -12,8 +12,9 @@ Everything else stays where it was: the outbox in the serving process claims,
 settles, retries, backs off, trips its breaker and counts (outbox.py); the
 child only delivers. A child that dies takes its deliveries under way with it
 (each counts as failed and is retried after its backoff) and is started again
-at the next delivery, at most once per RESTART_PAUSE_S. The child dies with
-its parent.
+at the next delivery, at most once per RESTART_PAUSE_S; one that does not
+answer within `answer_timeout_s` is killed first. The child dies with its
+parent.
 
 The child is a plain subprocess (`python -m pushskip.offload FD`), not a
 multiprocessing one: a `--workers` worker is a daemonic process, which
@@ -45,9 +46,10 @@ logger = logging.getLogger("pushskip.offload")
 
 # The child's niceness: the kernel gives the serving process the CPU first.
 CHILD_NICENESS = 10
-# A delivery the child has not answered after this long counts as failed (the
-# target's own timeouts are shorter; this covers a child that hangs).
-ANSWER_TIMEOUT_S = 60.0
+# A delivery the child has not answered after this long counts as failed, and the child,
+# hung, is killed and started again. Keep it above the target's own timeouts and below
+# the outbox lease (an entry must not be claimed again while its try is still out).
+ANSWER_TIMEOUT_S = 12.0
 RESTART_PAUSE_S = 1.0
 STOP_TIMEOUT_S = 5.0
 _HEADER = struct.Struct("!I")
@@ -67,10 +69,19 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
 class OffloadedTarget:
     """A Target (outbox.py) that delivers through `factory()`'s target in a child process."""
 
-    def __init__(self, factory: Callable[[], Target], *, name: str, concurrency: int) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], Target],
+        *,
+        name: str,
+        concurrency: int,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
+    ) -> None:
         self.factory = factory
         self.name = name
         self.concurrency = concurrency
+        self.answer_timeout_s = answer_timeout_s
+        self._closed = False
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -93,32 +104,52 @@ class OffloadedTarget:
 
     async def deliver(self, entry: Entry) -> bool:
         writer = await self._child()
-        if writer is None:
+        if writer is None or writer.is_closing():
             return False
         n = self._next = self._next + 1
         answer = asyncio.get_running_loop().create_future()
-        self._waiting[n] = answer
+        waiting = self._waiting  # this child's: a new child starts with a dict of its own
+        waiting[n] = answer
         try:
             writer.write(_frame((n, entry.id, entry.data, entry.attempt, entry.recorded_ms)))
-            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+            async with asyncio.timeout(self.answer_timeout_s):
                 return await answer
-        except (TimeoutError, ConnectionError):
-            logger.warning("%s: no answer from the child about %s", self.name, entry.id)
+        except TimeoutError:
+            logger.warning(
+                "%s: no answer about %s in %g s; starting the child again",
+                self.name,
+                entry.id,
+                self.answer_timeout_s,
+            )
+            self._kill(writer)
+            return False
+        except (ConnectionError, RuntimeError):  # the pipe broke under the write
             return False
         finally:
-            self._waiting.pop(n, None)
+            waiting.pop(n, None)
+
+    def _kill(self, writer: asyncio.StreamWriter) -> None:
+        """End a hung child (its reader then fails what it had, and the next delivery
+        starts another)."""
+        if self._writer is writer and self._process is not None:
+            self._writer = None
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
 
     async def _child(self) -> asyncio.StreamWriter | None:
-        """The running child's pipe, starting the child if there is none (None: it died
-        less than RESTART_PAUSE_S ago, or cannot start)."""
+        """The running child's pipe, starting the child if there is none (None: closed, or
+        the child cannot start)."""
         if self._writer is not None:
             return self._writer
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
-            if self._writer is not None:
+            if self._writer is not None or self._closed:
                 return self._writer
-            if time.monotonic() - self._started_at < RESTART_PAUSE_S:
+            # A child that died at once is not restarted in a loop: wait out the pause
+            # (deliveries wait with it, rather than failing and counting as attempts).
+            await asyncio.sleep(max(0.0, self._started_at + RESTART_PAUSE_S - time.monotonic()))
+            if self._closed:
                 return None
             self._started_at = time.monotonic()
             try:
@@ -131,15 +162,16 @@ class OffloadedTarget:
     async def _start(self) -> None:
         ours, theirs = socket.socketpair()
         try:
-            # preexec_fn runs in the forked child, from the loop's thread: the child
-            # gets SIGTERM when that thread (this process) ends.
+            # -P: the child imports pushskip from where this process did, never from the
+            # working directory; it learns this process's sys.path in its first message.
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",
                 "-m",
                 "pushskip.offload",
                 str(theirs.fileno()),
+                str(os.getpid()),
                 pass_fds=(theirs.fileno(),),
-                preexec_fn=die_with_parent,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         except BaseException:
@@ -147,23 +179,37 @@ class OffloadedTarget:
             raise
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_connection(sock=ours)
+        try:
+            reader, writer = await asyncio.open_connection(sock=ours)
+        except BaseException:
+            ours.close()
+            process.kill()
+            raise
+        if self._closed:  # closed while it started
+            writer.close()
+            process.kill()
+            return
         level = logging.getLogger().getEffectiveLevel()
         # Two messages: the child sets the path before it unpickles the factory.
         writer.write(_frame((list(sys.path), level)) + _frame(self.factory))
-        self._process, self._writer = process, writer
+        self._process, self._writer, self._waiting = process, writer, {}
         self._reader_task = asyncio.create_task(
-            self._read_answers(reader, writer), name=f"pushskip-{self.name}-answers"
+            self._read_answers(reader, writer, self._waiting),
+            name=f"pushskip-{self.name}-answers",
         )
         logger.info("%s: delivering from process %d", self.name, process.pid)
 
     async def _read_answers(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        waiting: dict[int, asyncio.Future[bool]],
     ) -> None:
+        """One child's answers, to the deliveries in `waiting` (that child's)."""
         try:
             while True:
                 n, delivered = await _read_frame(reader)
-                answer = self._waiting.get(n)
+                answer = waiting.get(n)
                 if answer is not None and not answer.done():
                     answer.set_result(bool(delivered))
         except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError) as exc:
@@ -173,17 +219,22 @@ class OffloadedTarget:
                 self._writer = None
             writer.close()
             # Its deliveries under way failed; the outbox retries them after their backoff.
-            for answer in self._waiting.values():
+            for answer in waiting.values():
                 if not answer.done():
                     answer.set_result(False)
 
     async def aclose(self) -> None:
+        self._closed = True
         writer, process = self._writer, self._process
         self._writer = None
-        if writer is not None:
-            writer.close()  # the child sees the end of its stream and exits
+        # The reader first, so the child's going is not reported as a loss.
         if self._reader_task is not None:
             await cancel_and_wait([self._reader_task])
+        if writer is not None:
+            writer.close()  # the child sees the end of its stream and exits
+        for answer in self._waiting.values():
+            if not answer.done():
+                answer.set_result(False)
         if process is not None and process.returncode is None:
             try:
                 async with asyncio.timeout(STOP_TIMEOUT_S):
@@ -194,7 +245,11 @@ class OffloadedTarget:
 
 
 def child_main() -> None:  # pragma: no cover - runs in the child (tests drive it)
-    """The child: deliver each entry it is sent, answer each with whether it went through."""
+    """The child: deliver each entry it is sent, answer each with whether it went through.
+    Its arguments: the file descriptor of its socket, its parent's pid."""
+    die_with_parent()
+    if os.getppid() != int(sys.argv[2]):
+        return  # the parent died before that took effect
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when
     # this one stops (it closes the socket), or its death does (SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -300,6 +300,7 @@ class Outbox:
         lane.failures += 1
         if lane.failures < BREAKER_FAILURES:
             return
+        now = asyncio.get_running_loop().time()
         if lane.paused_until is None:
             logger.warning(
                 "outbox %s: %d deliveries in a row failed; trying one at a time, with pauses "
@@ -308,9 +309,13 @@ class Outbox:
                 lane.failures,
                 self.backoff_max_s,
             )
+        elif now >= lane.paused_until:
+            lane.pause_s = min(lane.pause_s * 2, self.backoff_max_s)  # the probe failed
         else:
-            lane.pause_s = min(lane.pause_s * 2, self.backoff_max_s)
-        lane.paused_until = asyncio.get_running_loop().time() + lane.pause_s
+            # A delivery that was under way when the breaker opened: the pause stands (many
+            # failing at once, as when a delivering process dies, must not lengthen it).
+            return
+        lane.paused_until = now + lane.pause_s
 
     async def trim(self) -> None:
         """Bound each target's outbox and refresh its gauges (also run every TRIM_EVERY_S)."""

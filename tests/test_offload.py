@@ -7,7 +7,7 @@ import functools
 import os
 import signal
 
-from pushskip.offload import CHILD_NICENESS, RESTART_PAUSE_S, OffloadedTarget
+from pushskip.offload import CHILD_NICENESS, STOP_TIMEOUT_S, OffloadedTarget
 from pushskip.outbox import Entry
 
 
@@ -32,8 +32,10 @@ class ChildTarget:
         pass
 
 
-def offloaded() -> OffloadedTarget:
-    return OffloadedTarget(functools.partial(ChildTarget, os.getpid()), name="test", concurrency=8)
+def offloaded(**kw: float) -> OffloadedTarget:
+    return OffloadedTarget(
+        functools.partial(ChildTarget, os.getpid()), name="test", concurrency=8, **kw
+    )
 
 
 def entry(n: int, **data: object) -> Entry:
@@ -43,16 +45,23 @@ def entry(n: int, **data: object) -> Entry:
 async def test_deliveries_run_in_a_lower_priority_child_and_answer_each_entry() -> None:
     target = offloaded()
     try:
-        got = await asyncio.gather(
-            *(target.deliver(entry(n, ok=n % 3 != 0, wait_s=0.05)) for n in range(30))
-        )
-        assert got == [n % 3 != 0 for n in range(30)]
+        await target.start()
         pid = target.pid
         assert pid is not None and pid != os.getpid()
+        # Later entries answer first: each answer must find its own delivery.
+        got = await asyncio.gather(
+            *(target.deliver(entry(n, ok=n % 3 != 0, wait_s=(30 - n) / 100)) for n in range(30))
+        )
+        assert got == [n % 3 != 0 for n in range(30)]
+        assert target.pid == pid  # one child for all of them
         nice = os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0)
         assert nice == CHILD_NICENESS
     finally:
+        loop = asyncio.get_running_loop()
+        closing = loop.time()
         await target.aclose()
+    # It left when its stream ended, well before it would have been killed.
+    assert loop.time() - closing < STOP_TIMEOUT_S - 1
     assert target.pid is None
     assert not _alive(pid)  # stopped, and reaped
 
@@ -69,10 +78,22 @@ async def test_a_dead_child_fails_its_deliveries_and_is_started_again() -> None:
         await asyncio.sleep(0.3)
         os.kill(first, signal.SIGKILL)
         assert await asyncio.wait_for(asyncio.gather(*under_way), 10) == [False, False]
-        # Started again, after a pause, at a later delivery.
-        await asyncio.sleep(RESTART_PAUSE_S)
+        # Started again at the next delivery (which waits out the restart pause).
         assert await target.deliver(entry(3, ok=True))
         assert target.pid not in (None, first)
+    finally:
+        await target.aclose()
+
+
+async def test_a_child_that_stops_answering_is_replaced() -> None:
+    target = offloaded(answer_timeout_s=1.0)
+    try:
+        await target.start()
+        hung = target.pid
+        assert not await target.deliver(entry(0, ok=True, wait_s=30))  # no answer in 1 s
+        assert await target.deliver(entry(1, ok=True))
+        assert target.pid not in (None, hung)
+        assert hung is not None and not _alive(hung)
     finally:
         await target.aclose()
 

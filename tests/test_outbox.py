@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from pushskip import keys
 from pushskip.metrics import Metrics
-from pushskip.outbox import Entry, Outbox, backoff_s
+from pushskip.outbox import BACKOFF_START_S, Entry, Outbox, backoff_s
 from pushskip.scripts import Script, compose
 
 RETENTION_MS = 600_000
@@ -292,3 +292,24 @@ async def test_a_target_that_is_down_gets_one_try_per_pause_not_one_per_entry(
         await wait_until(lambda: len(target.delivered) == 200, 30)
     finally:
         await box.stop()
+
+
+async def test_failures_of_deliveries_under_way_do_not_lengthen_the_pause(
+    redis: Redis,
+) -> None:
+    """Many deliveries failing at once (their delivering process died) open the breaker for
+    one pause; only a failed try after the pause doubles it."""
+    target = Collecting(concurrency=256)
+    box = outbox(redis, target, backoff_max_s=300.0)
+    lane = box._lanes[0]
+    loop = asyncio.get_running_loop()
+    for _ in range(256):  # every delivery under way fails within the same moment
+        box._note(lane, False)
+    assert lane.paused_until is not None
+    assert lane.pause_s == BACKOFF_START_S
+    assert lane.paused_until - loop.time() <= BACKOFF_START_S
+    lane.paused_until = loop.time()  # the pause is over: the probe fails
+    box._note(lane, False)
+    assert lane.pause_s == 2 * BACKOFF_START_S
+    box._note(lane, True)  # a try goes through: closed
+    assert lane.paused_until is None and lane.failures == 0
