@@ -162,8 +162,8 @@ class OffloadedTarget:
     async def _start(self) -> None:
         ours, theirs = socket.socketpair()
         try:
-            # -P: the child imports pushskip from where this process did, never from the
-            # working directory; it learns this process's sys.path in its first message.
+            # -P: the child imports pushskip as installed (or from PYTHONPATH), never from
+            # the working directory; it learns this process's sys.path in its first message.
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-P",
