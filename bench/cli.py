@@ -22,6 +22,7 @@ from bench.harness import UI, BenchConfig
 from bench.procs import REPO_ROOT
 from bench.report.files import write as write_report
 from bench.runner import PHASES, run_all
+from pushskip.heap import HEAP
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -154,6 +155,8 @@ def main(argv: list[str]) -> int:
     # A SIGTERM unwinds like Ctrl-C, so every server the bench started is stopped.
     signal.signal(signal.SIGTERM, _terminate)
     show = not args.no_progress and sys.stderr.isatty()
+    # The driver paces the load; its collections would bunch the skips it sends.
+    HEAP.settle()
     with UI(show) as ui:
         ui.log(f"bench ({'quick' if args.quick else 'full'}): writing to {out}")
         results = asyncio.run(run_all(cfg, args, ui))

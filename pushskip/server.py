@@ -8,7 +8,6 @@ and resume with `after=`.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 import signal
@@ -23,6 +22,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from pushskip import closing, services
 from pushskip.config import Settings
+from pushskip.heap import HEAP
 
 logger = logging.getLogger("pushskip.server")
 
@@ -259,27 +259,10 @@ def server_config(app: Starlette, settings: Settings, *, host: str, port: int) -
     )
 
 
-# After start-up, a young-generation collection runs every GC_YOUNG_THRESHOLD allocations
-# (Python's default: 700). Each socket's read and write allocate a little; collecting
-# that often costs CPU per skip for nothing, since almost all of it is freed by its
-# reference count long before a collection could find it.
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def settle_heap() -> None:
-    """Move everything start-up made (modules, the app, its clients and scripts) out of
-    the collector's sight, so full collections scan only what came later, and collect
-    the young generation less often. A process's objects from before this never move."""
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-
-
 class PushskipServer(uvicorn.Server):
     """uvicorn's server, closing every socket with a reason on shutdown. With
-    `settle_heap`, the heap is settled (see settle_heap()) once start-up is done: for a
-    process that only serves, not for tests that start many apps in one process."""
+    `settle_heap`, the process's heap is settled (see heap.py) once start-up is done:
+    for a process that only serves, not for tests that start many apps in one process."""
 
     def __init__(self, config: uvicorn.Config, *, settle_heap: bool = False) -> None:
         super().__init__(config)
@@ -288,11 +271,14 @@ class PushskipServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.settle_heap and self.started:
-            settle_heap()
+            HEAP.settle()
+            HEAP.start_sweeps()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.app
         found = services.of_app(app) if isinstance(app, Starlette) else None
         if found is not None:
             await found.hub.close_all(closing.SHUTDOWN)
+        if self.settle_heap:
+            HEAP.stop_sweeps()
         await super().shutdown(sockets)

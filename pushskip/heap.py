@@ -1,0 +1,137 @@
+"""A serving process's heap: the cycle collector's pauses kept short while sockets pile up.
+
+CPython's cycle collector is not incremental: collecting an older generation walks
+every object in it in one go. An open socket holds ~135 objects the collector
+tracks, for as long as it is open. Under the collector's own policy, 1,000 sockets
+opening at once are walked again soon after in one ~100 ms collection of the middle
+generation, and every full collection walks every open socket (about a second at
+10,000 sockets): a stall for every user's skip.
+
+Almost everything a socket holds is freed by its reference count when it closes
+(measured: 1,000 opens and closes leave ~50 objects that only a collection frees).
+So a serving process only ever collects young objects: after each collection, what
+survived it leaves the collector's sight (`gc.freeze`), to be freed by its reference
+count when it dies. Cyclic garbage that outlived a young collection would be kept;
+a *sweep* (everything back in sight, one full collection, frozen again) frees it
+once the kept heap has doubled since the last sweep and grown by at least
+`SWEEP_MIN_GROWTH` objects. Kept garbage can then cost at most that much memory,
+and a sweep's walk is paid for by the growth before it; a heap that stays the same
+size (sockets opening and closing) is never swept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from typing import Any
+
+logger = logging.getLogger("pushskip.heap")
+
+# A young collection runs after this many new tracked objects (Python's default: 700).
+# Each collection walks the young objects still alive; those are walked once and then
+# kept, so a larger threshold means fewer, longer pauses for the same total.
+YOUNG_THRESHOLD = 20_000
+SWEEP_GROWTH = 2.0
+# ~1,800 open sockets' worth: a process holding a few hundred sockets is not swept
+# every time they reopen.
+SWEEP_MIN_GROWTH = 250_000
+SWEEP_CHECK_S = 5.0
+
+
+class Heap:
+    """The policy above, for the process it is settled in (see `settle`)."""
+
+    def __init__(
+        self,
+        *,
+        young_threshold: int = YOUNG_THRESHOLD,
+        sweep_growth: float = SWEEP_GROWTH,
+        sweep_min_growth: int = SWEEP_MIN_GROWTH,
+    ) -> None:
+        self.young_threshold = young_threshold
+        self.sweep_growth = sweep_growth
+        self.sweep_min_growth = sweep_min_growth
+        self.sweeps = 0
+        self.kept_after_sweep = 0
+        self._check: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Heap(young_threshold={self.young_threshold}, sweep_growth={self.sweep_growth}, "
+            f"sweep_min_growth={self.sweep_min_growth})"
+        )
+
+    @property
+    def settled(self) -> bool:
+        return self._keep_survivors in gc.callbacks
+
+    def settle(self) -> None:
+        """Collect everything once, keep what start-up made (modules, the app, its
+        clients and scripts), and from now on keep what survives each collection."""
+        gc.collect()
+        gc.freeze()
+        self.kept_after_sweep = gc.get_freeze_count()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(self.young_threshold, older, oldest)
+        if not self.settled:
+            gc.callbacks.append(self._keep_survivors)
+
+    def unsettle(self) -> None:
+        """Back to the collector's own policy (kept objects are in sight again)."""
+        self.stop_sweeps()
+        if self.settled:
+            gc.callbacks.remove(self._keep_survivors)
+        gc.unfreeze()
+
+    def _keep_survivors(self, phase: str, info: dict[str, Any]) -> None:
+        # Called by the collector around each collection; by "stop" the survivors sit
+        # in the older generations, and freezing moves them (a list splice, no walk).
+        if phase == "stop":
+            gc.freeze()
+
+    def sweep_due(self) -> bool:
+        kept = gc.get_freeze_count()
+        return (
+            kept >= self.sweep_growth * self.kept_after_sweep
+            and kept - self.kept_after_sweep >= self.sweep_min_growth
+        )
+
+    def sweep(self) -> int:
+        """One full collection over everything kept; how many objects it freed."""
+        gc.unfreeze()
+        freed = gc.collect()
+        gc.freeze()
+        self.kept_after_sweep = gc.get_freeze_count()
+        self.sweeps += 1
+        return freed
+
+    def start_sweeps(self) -> None:
+        """Check every SWEEP_CHECK_S, on the running loop, whether a sweep is due."""
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            if self.sweep_due():
+                started = time.perf_counter()
+                kept_before = gc.get_freeze_count()
+                freed = self.sweep()
+                logger.info(
+                    "heap swept: %d of %d kept objects freed in %.0f ms",
+                    freed,
+                    kept_before,
+                    1000 * (time.perf_counter() - started),
+                )
+            self._check = loop.call_later(SWEEP_CHECK_S, check)
+
+        self.stop_sweeps()
+        self._check = loop.call_later(SWEEP_CHECK_S, check)
+
+    def stop_sweeps(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
+
+
+# One per process: the collector is.
+HEAP = Heap()
