@@ -13,10 +13,12 @@ So a serving process only ever collects young objects: after each collection, wh
 survived it leaves the collector's sight (`gc.freeze`), to be freed by its reference
 count when it dies. Cyclic garbage that outlived a young collection would be kept;
 a *sweep* (everything back in sight, one full collection, frozen again) frees it
-once the kept heap has doubled since the last sweep and grown by at least
-`SWEEP_MIN_GROWTH` objects. Kept garbage can then cost at most that much memory,
-and a sweep's walk is paid for by the growth before it; a heap that stays the same
-size (sockets opening and closing) is never swept.
+once the heap has doubled since the last sweep and grown by at least
+`SWEEP_MIN_GROWTH` memory blocks. Kept garbage can then cost at most as much
+memory as the live heap, and a sweep's walk is paid for by the growth before it;
+a heap that stays the same size (sockets opening and closing) is never swept.
+The heap's size is read as Python's allocated memory blocks: counting the frozen
+objects would itself walk all of them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
 from typing import Any
 
@@ -34,9 +37,9 @@ logger = logging.getLogger("pushskip.heap")
 # kept, so a larger threshold means fewer, longer pauses for the same total.
 YOUNG_THRESHOLD = 20_000
 SWEEP_GROWTH = 2.0
-# ~1,800 open sockets' worth: a process holding a few hundred sockets is not swept
-# every time they reopen.
-SWEEP_MIN_GROWTH = 250_000
+# Memory blocks (an open socket holds ~270; a process starts with ~260,000): a process
+# holding a few hundred sockets is not swept every time they reopen.
+SWEEP_MIN_GROWTH = 500_000
 SWEEP_CHECK_S = 5.0
 
 
@@ -54,6 +57,8 @@ class Heap:
         self.sweep_growth = sweep_growth
         self.sweep_min_growth = sweep_min_growth
         self.sweeps = 0
+        # At the last settle or sweep: the heap's memory blocks, and the objects kept.
+        self.blocks_after_sweep = 0
         self.kept_after_sweep = 0
         self._check: asyncio.TimerHandle | None = None
 
@@ -72,7 +77,7 @@ class Heap:
         clients and scripts), and from now on keep what survives each collection."""
         gc.collect()
         gc.freeze()
-        self.kept_after_sweep = gc.get_freeze_count()
+        self._measure()
         _, older, oldest = gc.get_threshold()
         gc.set_threshold(self.young_threshold, older, oldest)
         if not self.settled:
@@ -91,11 +96,15 @@ class Heap:
         if phase == "stop":
             gc.freeze()
 
+    def _measure(self) -> None:
+        self.blocks_after_sweep = sys.getallocatedblocks()
+        self.kept_after_sweep = gc.get_freeze_count()  # a walk, as the collection was
+
     def sweep_due(self) -> bool:
-        kept = gc.get_freeze_count()
+        blocks = sys.getallocatedblocks()
         return (
-            kept >= self.sweep_growth * self.kept_after_sweep
-            and kept - self.kept_after_sweep >= self.sweep_min_growth
+            blocks >= self.sweep_growth * self.blocks_after_sweep
+            and blocks - self.blocks_after_sweep >= self.sweep_min_growth
         )
 
     def sweep(self) -> int:
@@ -103,7 +112,7 @@ class Heap:
         gc.unfreeze()
         freed = gc.collect()
         gc.freeze()
-        self.kept_after_sweep = gc.get_freeze_count()
+        self._measure()
         self.sweeps += 1
         return freed
 
@@ -114,12 +123,11 @@ class Heap:
         def check() -> None:
             if self.sweep_due():
                 started = time.perf_counter()
-                kept_before = gc.get_freeze_count()
                 freed = self.sweep()
                 logger.info(
-                    "heap swept: %d of %d kept objects freed in %.0f ms",
+                    "heap swept: %d objects freed, %d kept, in %.0f ms",
                     freed,
-                    kept_before,
+                    self.kept_after_sweep,
                     1000 * (time.perf_counter() - started),
                 )
             self._check = loop.call_later(SWEEP_CHECK_S, check)

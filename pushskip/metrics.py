@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -104,9 +102,10 @@ class Metrics:
         # The process's heap (heap.py): read when scraped.
         Gauge(
             "pushskip_heap_kept_objects",
-            "Objects kept out of the cycle collector's sight (0: heap not settled)",
+            "Objects kept out of the cycle collector's sight after the last sweep "
+            "(0: heap not settled)",
             registry=r,
-        ).set_function(gc.get_freeze_count)
+        ).set_function(lambda: HEAP.kept_after_sweep)
         Gauge(
             "pushskip_heap_sweeps", "Full collections over the kept heap", registry=r
         ).set_function(lambda: HEAP.sweeps)

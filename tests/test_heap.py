@@ -15,6 +15,7 @@ from tests.helpers import app_process
 POLICY = textwrap.dedent(
     """
     import gc
+    import sys
     from pushskip.heap import Heap
 
     class Node:
@@ -36,23 +37,25 @@ POLICY = textwrap.dedent(
         node.me = node
         return node
 
-    cycles = [cycle() for _ in range(base + 6000)]  # the kept heap doubles
+    blocks = heap.blocks_after_sweep
+    assert heap.kept_after_sweep == base and blocks > base
+    cycles = [cycle() for _ in range(blocks)]  # the heap doubles (a block or more each)
     gc.collect(0)
     del cycles  # garbage now, but kept: young collections do not see it
     assert gc.collect(0) == 0
-    kept = gc.get_freeze_count()
-    assert kept >= 2 * base + 6000 and heap.sweep_due(), (kept, base)
+    assert gc.get_freeze_count() >= base + blocks and heap.sweep_due()
     freed = heap.sweep()
-    assert freed >= base + 6000, freed
-    assert gc.get_freeze_count() < base + 100 and not heap.sweep_due()
+    assert freed >= blocks, (freed, blocks)
+    assert heap.kept_after_sweep < base + 100 and not heap.sweep_due()
     assert heap.sweeps == 1
 
-    small = [cycle() for _ in range(100)]
+    heap.sweep_min_growth = 10 * heap.blocks_after_sweep
+    more = [cycle() for _ in range(2 * heap.blocks_after_sweep)]
     gc.collect(0)
-    del small
-    assert not heap.sweep_due()  # under sweep_min_growth: not worth a full walk
+    del more
+    assert not heap.sweep_due()  # doubled, but under sweep_min_growth: not worth a walk
     heap.unsettle()
-    assert gc.get_freeze_count() == 0 and gc.collect() >= 100
+    assert gc.get_freeze_count() == 0 and gc.collect() >= 2 * blocks
     print("ok")
     """
 )
