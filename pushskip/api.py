@@ -225,7 +225,7 @@ async def enqueue(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     if reply.status == "banned":
         raise ApiError(403, "You are banned from matching for now")
     if reply.status == "matched":
-        match = with_media(reply.match, caller.me, caller.found.media)
+        match = await with_media(reply.match, caller.me, caller.found.media)
         return {"status": "matched", "match": match}
     return {"status": "waiting"}
 
@@ -242,7 +242,7 @@ async def status(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         await store.touch(caller.me)
     return {
         "state": result.state,
-        "match": with_media(result.match, caller.me, caller.found.media),
+        "match": await with_media(result.match, caller.me, caller.found.media),
         "lastSeq": result.last_seq,
         "epoch": result.epoch,
     }
@@ -259,7 +259,7 @@ async def skip(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         "skipped": True,
         "roomName": result.room,
         "status": result.status,
-        "match": with_media(result.match, caller.me, caller.found.media),
+        "match": await with_media(result.match, caller.me, caller.found.media),
     }
 
 
@@ -315,7 +315,7 @@ async def list_events(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     log = await events.read_log(found.redis, me, after)
     await found.store.touch(me)
     if (epoch is None or epoch == log.epoch) and after <= log.last_seq:
-        given = [media_event(e, me, found.media) for e in log.decoded()]
+        given = [await media_event(e, me, found.media) for e in log.decoded()]
         return {"events": given, "lastSeq": log.last_seq, "epoch": log.epoch}
     # The client's seqs count in a log that is gone (another epoch, or one that
     # Redis rolled back below `after`): start it over from the state, which
@@ -325,12 +325,12 @@ async def list_events(caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
     log = await events.read_log(found.redis, me, 0)
     logged = log.decoded() if log.epoch == status.epoch else []
     return {
-        "events": [media_event(e, me, found.media) for e in logged],
+        "events": [await media_event(e, me, found.media) for e in logged],
         "lastSeq": status.last_seq,
         "epoch": status.epoch,
         "reset": True,
         "state": status.state,
-        "match": with_media(status.match, me, found.media),
+        "match": await with_media(status.match, me, found.media),
     }
 
 

@@ -215,6 +215,8 @@ def create_app(
         await hub.start()
         await presence.start()
         await outbox.start()
+        if media is not None:
+            await media.start()
         try:
             yield
         finally:
@@ -223,6 +225,8 @@ def create_app(
             steps = [outbox.stop, presence.stop, hub.stop, pubsub_source.aclose, redis.aclose]
             if jwks is not None:
                 steps.insert(0, jwks.stop)
+            if media is not None:
+                steps.insert(0, media.aclose)
             for step in steps:
                 try:
                     async with asyncio.timeout(SHUTDOWN_STEP_S):

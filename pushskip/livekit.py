@@ -25,7 +25,7 @@ from livekit import api as lk
 
 from pushskip import keys
 from pushskip.media import InvalidMediaWebhook, MediaEvent
-from pushskip.offload import OffloadedTarget
+from pushskip.offload import ChildWorker, OffloadedTarget, OffloadFailed
 from pushskip.outbox import Entry, Target
 
 logger = logging.getLogger("pushskip.livekit")
@@ -42,6 +42,8 @@ SERVICE_TOKEN_RENEW_S = 300.0
 # least the token's lifetime less this).
 GRANT_REUSE_S = 30.0
 GRANTS_KEPT = 100_000
+# A token the minting child has not sent back after this long is minted here instead.
+MINT_TIMEOUT_S = 2.0
 EVENTS = {"participant_left": "left", "participant_joined": "joined"}
 
 
@@ -103,6 +105,33 @@ class RoomDeleter:
             await self._session.close()
 
 
+class TokenMinter:
+    """Mints a user's token for one room (in the minting child: see offload.py, and here
+    when that child cannot answer)."""
+
+    def __init__(self, api_key: str, api_secret: str, ttl_s: int) -> None:
+        self._key, self._secret = api_key, api_secret
+        self._ttl = dt.timedelta(seconds=ttl_s)
+
+    def mint(self, user_id: str, room: str) -> str:
+        return (
+            lk.AccessToken(self._key, self._secret)
+            .with_identity(user_id)
+            .with_grants(lk.VideoGrants(room_join=True, room=room))
+            .with_ttl(self._ttl)
+            .to_jwt()
+        )
+
+    async def start(self) -> None:
+        pass
+
+    async def handle(self, request: tuple[str, str]) -> str:
+        return self.mint(*request)
+
+    async def aclose(self) -> None:
+        pass
+
+
 class LiveKit:
     """The media provider (see media.MediaProvider)."""
 
@@ -110,13 +139,19 @@ class LiveKit:
 
     def __init__(self, url: str, api_key: str, api_secret: str, *, token_ttl_s: int) -> None:
         self.url = url
-        self._key, self._secret = api_key, api_secret
         self._ttl = dt.timedelta(seconds=token_ttl_s)
         self._webhooks = lk.WebhookReceiver(lk.TokenVerifier(api_key, api_secret))
         self._rooms = OffloadedTarget(
             functools.partial(RoomDeleter, url, api_key, api_secret),
             name=RoomDeleter.name,
             concurrency=RoomDeleter.concurrency,
+        )
+        self.minter = TokenMinter(api_key, api_secret, token_ttl_s)
+        # Not niced: a user's match waits for its token.
+        self.minting = ChildWorker(
+            functools.partial(TokenMinter, api_key, api_secret, token_ttl_s),
+            name="livekit-tokens",
+            answer_timeout_s=MINT_TIMEOUT_S,
         )
         self._grants: dict[tuple[str, str], tuple[str, float]] = {}
 
@@ -127,22 +162,32 @@ class LiveKit:
     def rooms(self) -> Target:
         return self._rooms
 
-    def grant(self, user_id: str, room: str) -> dict[str, str]:
-        now = time.monotonic()
+    async def start(self) -> None:
+        await self.minting.start()
+
+    async def aclose(self) -> None:
+        await self.minting.aclose()
+
+    async def _mint(self, user_id: str, room: str) -> str:
+        """A token from the minting child; minted here while it starts, or if it fails."""
+        if self.minting.ready:
+            try:
+                return str(await self.minting.call((user_id, room)))
+            except OffloadFailed:
+                pass
+        else:
+            self.minting.start_soon()
+        return self.minter.mint(user_id, room)
+
+    async def grant(self, user_id: str, room: str) -> dict[str, str]:
         kept = self._grants.get((user_id, room))
-        if kept is not None and now - kept[1] < GRANT_REUSE_S:
+        if kept is not None and time.monotonic() - kept[1] < GRANT_REUSE_S:
             token = kept[0]
         else:
-            token = (
-                lk.AccessToken(self._key, self._secret)
-                .with_identity(user_id)
-                .with_grants(lk.VideoGrants(room_join=True, room=room))
-                .with_ttl(self._ttl)
-                .to_jwt()
-            )
+            token = await self._mint(user_id, room)
             if len(self._grants) >= GRANTS_KEPT:
                 self._grants.clear()
-            self._grants[(user_id, room)] = (token, now)
+            self._grants[(user_id, room)] = (token, time.monotonic())
         return {"provider": self.name, "url": self.url, "token": token}
 
     def read_webhook(self, body: bytes, authorization: str | None) -> MediaEvent | None:

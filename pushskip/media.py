@@ -43,7 +43,12 @@ class MediaEvent:
 class MediaProvider(Protocol):
     name: str
 
-    def grant(self, user_id: str, room: str) -> dict[str, str]:
+    async def start(self) -> None:
+        """Ready its helpers (the app's lifespan calls it before serving)."""
+
+    async def aclose(self) -> None: ...
+
+    async def grant(self, user_id: str, room: str) -> dict[str, str]:
         """`{"provider", "url", "token"}`: lets `user_id` into `room`, and nothing else."""
 
     @property
@@ -55,25 +60,29 @@ class MediaProvider(Protocol):
         InvalidMediaWebhook when it is not verified."""
 
 
-def with_media(match: Match | None, user_id: str, media: MediaProvider | None) -> Match | None:
+async def with_media(
+    match: Match | None, user_id: str, media: MediaProvider | None
+) -> Match | None:
     """`match` as `user_id` is given it: with their own media grant when a provider is on."""
     if match is None or media is None:
         return match
-    return {**match, "media": media.grant(user_id, match["roomName"])}
+    return {**match, "media": await media.grant(user_id, match["roomName"])}
 
 
-def media_event(event: dict[str, Any], user_id: str, media: MediaProvider | None) -> dict[str, Any]:
+async def media_event(
+    event: dict[str, Any], user_id: str, media: MediaProvider | None
+) -> dict[str, Any]:
     """A `matched` event as `user_id` is given it (other events as they are)."""
     if media is None or event.get("type") != "matched" or not isinstance(event.get("match"), dict):
         return event
-    return {**event, "match": with_media(event["match"], user_id, media)}
+    return {**event, "match": await with_media(event["match"], user_id, media)}
 
 
-def media_event_text(text: str, user_id: str, media: MediaProvider | None) -> str:
+async def media_event_text(text: str, user_id: str, media: MediaProvider) -> str:
     """The JSON text of an event as `user_id` is given it: a `matched` event gets the media
     grant, any other is passed on as it is (without being parsed)."""
-    if media is None or '"matched"' not in text:
+    if '"matched"' not in text:
         return text
     event = json.loads(text)
-    granted = media_event(event, user_id, media)
+    granted = await media_event(event, user_id, media)
     return text if granted is event else json.dumps(granted, separators=(",", ":"))

@@ -1,32 +1,36 @@
-"""An outbox target whose deliveries run in a child process (`OffloadedTarget`).
+"""Work off the serving loop, in a child process: `ChildWorker`, and the outbox target
+built on it (`OffloadedTarget`).
 
-A delivery through a vendor's SDK can cost the serving loop more CPU than the
-skip it follows: LiveKit's room service client (aiohttp, protobuf) spends
-~0.25 ms of CPU per `DeleteRoom`, a sixth of a whole skip cycle. Work that is
-on no user's path should not queue in front of one, so the target's `deliver`
-runs in a child process at a lower CPU priority: the serving process sends it
-`(n, entry)` over a socket pair and waits for `(n, delivered)`, which costs it
-a few tens of microseconds.
+A vendor's SDK can cost the serving loop more CPU than the skip it serves:
+LiveKit's room service client (aiohttp, protobuf) spends ~0.25 ms of CPU per
+`DeleteRoom`, and its `AccessToken.to_jwt()` ~0.1-0.25 ms per token, two tokens per
+match. A `ChildWorker` runs such calls in a child process: the serving process
+sends it `(n, request)` over a socket pair and waits for `(n, ok, answer)`, which
+costs it a few tens of microseconds.
 
-Everything else stays where it was: the outbox in the serving process claims,
-settles, retries, backs off, trips its breaker and counts (outbox.py); the
-child only delivers. A child that dies takes its deliveries under way with it
-(each counts as failed and is retried after its backoff) and is started again
-at the next delivery, at most once per RESTART_PAUSE_S; one that does not
-answer within `answer_timeout_s` is killed first. The child dies with its
+A child that dies fails the calls it had under way (`OffloadFailed`) and is
+started again at the next call, at most once per RESTART_PAUSE_S; one that does
+not answer within `answer_timeout_s` is killed first. The child dies with its
 parent.
 
-The child is a plain subprocess (`python -m pushskip.offload FD`), not a
-multiprocessing one: a `--workers` worker is a daemonic process, which
-multiprocessing does not let have children. Its first messages are the
-parent's `sys.path` and log level, then `factory`, a picklable callable (a
-class and its arguments) that makes the target in the child.
+`OffloadedTarget` delivers an outbox target's entries this way, in a child at a
+lower CPU priority (work that is on no user's path should not queue in front of
+one). Everything else stays where it was: the outbox in the serving process
+claims, settles, retries, backs off, trips its breaker and counts (outbox.py);
+a delivery whose child failed counts as failed and is retried after its backoff.
+
+The child is a plain subprocess (`python -m pushskip.offload FD PID NICENESS`), not
+a multiprocessing one: a `--workers` worker is a daemonic process, which
+multiprocessing does not let have children. Its first messages are the parent's
+`sys.path` and log level, then `factory`, a picklable callable (a class and its
+arguments) that makes the `Handler` the child calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -36,7 +40,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pushskip.embedded import die_with_parent
 from pushskip.outbox import Entry, Target
@@ -44,7 +48,7 @@ from pushskip.tasks import cancel_and_wait
 
 logger = logging.getLogger("pushskip.offload")
 
-# The child's niceness: the kernel gives the serving process the CPU first.
+# An outbox child's niceness: the kernel gives the serving process the CPU first.
 CHILD_NICENESS = 10
 # A delivery the child has not answered after this long counts as failed, and the child,
 # hung, is killed and started again. Keep it above the target's own timeouts and below
@@ -66,65 +70,92 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
     return pickle.loads(await reader.readexactly(size))
 
 
-class OffloadedTarget:
-    """A Target (outbox.py) that delivers through `factory()`'s target in a child process."""
+class OffloadFailed(Exception):
+    """The child did not answer a call: it died, hung, could not start, or the call raised."""
+
+
+class Handler(Protocol):
+    """What a child runs: made there by the worker's factory."""
+
+    async def start(self) -> None: ...
+
+    async def handle(self, request: Any) -> Any:
+        """The answer to one call (picklable)."""
+
+    async def aclose(self) -> None: ...
+
+
+class ChildWorker:
+    """Calls into `factory()`'s Handler, in a child process of its own (see above)."""
 
     def __init__(
         self,
-        factory: Callable[[], Target],
+        factory: Callable[[], Handler],
         *,
         name: str,
-        concurrency: int,
+        niceness: int = 0,
         answer_timeout_s: float = ANSWER_TIMEOUT_S,
     ) -> None:
         self.factory = factory
         self.name = name
-        self.concurrency = concurrency
+        self.niceness = niceness
         self.answer_timeout_s = answer_timeout_s
         self._closed = False
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self._waiting: dict[int, asyncio.Future[bool]] = {}
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._next = 0
         self._started_at = float("-inf")
         self._starting: asyncio.Lock | None = None
+        self._ready = False
+        self._start_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"OffloadedTarget({self.name!r}, pid={self.pid})"
+        return f"ChildWorker({self.name!r}, pid={self.pid})"
 
     @property
     def pid(self) -> int | None:
         """The child's pid while it runs."""
         return self._process.pid if self._process is not None and self._writer else None
 
+    @property
+    def ready(self) -> bool:
+        """Whether a child runs and has said it is ready (made its handler and started it)."""
+        return self._ready and self._writer is not None
+
     async def start(self) -> None:
-        """Start the child now, so the first deliveries do not wait for its start-up."""
+        """Start the child now, so the first calls do not wait for its start-up."""
         await self._child()
 
-    async def deliver(self, entry: Entry) -> bool:
+    def start_soon(self) -> None:
+        """Start a child in the background, unless one runs or is starting."""
+        if self._writer is None and not self._closed and (
+            self._start_task is None or self._start_task.done()
+        ):
+            self._start_task = asyncio.create_task(self.start(), name=f"pushskip-{self.name}")
+
+    async def call(self, request: Any) -> Any:
+        """The child's answer to `request`; OffloadFailed when there is none."""
         writer = await self._child()
         if writer is None or writer.is_closing():
-            return False
+            raise OffloadFailed(f"{self.name}: no child process")
         n = self._next = self._next + 1
         answer = asyncio.get_running_loop().create_future()
         waiting = self._waiting  # this child's: a new child starts with a dict of its own
         waiting[n] = answer
         try:
-            writer.write(_frame((n, entry.id, entry.data, entry.attempt, entry.recorded_ms)))
+            writer.write(_frame((n, request)))
             async with asyncio.timeout(self.answer_timeout_s):
                 return await answer
         except TimeoutError:
             logger.warning(
-                "%s: no answer about %s in %g s; starting the child again",
-                self.name,
-                entry.id,
-                self.answer_timeout_s,
+                "%s: no answer in %g s; starting the child again", self.name, self.answer_timeout_s
             )
             self._kill(writer)
-            return False
+            raise OffloadFailed(f"{self.name}: no answer") from None
         except (ConnectionError, RuntimeError):  # the pipe broke under the write
-            return False
+            raise OffloadFailed(f"{self.name}: the child's pipe broke") from None
         finally:
             waiting.pop(n, None)
 
@@ -132,7 +163,7 @@ class OffloadedTarget:
         """End a hung child (its reader then fails what it had, and the next delivery
         starts another)."""
         if self._writer is writer and self._process is not None:
-            self._writer = None
+            self._writer, self._ready = None, False
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
 
@@ -155,7 +186,7 @@ class OffloadedTarget:
             try:
                 await self._start()
             except OSError as exc:
-                logger.error("%s: cannot start the delivering process: %r", self.name, exc)
+                logger.error("%s: cannot start the child process: %r", self.name, exc)
                 return None
             return self._writer
 
@@ -171,6 +202,7 @@ class OffloadedTarget:
                 "pushskip.offload",
                 str(theirs.fileno()),
                 str(os.getpid()),
+                str(self.niceness),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
             )
@@ -192,49 +224,53 @@ class OffloadedTarget:
         level = logging.getLogger().getEffectiveLevel()
         # Two messages: the child sets the path before it unpickles the factory.
         writer.write(_frame((list(sys.path), level)) + _frame(self.factory))
-        self._process, self._writer, self._waiting = process, writer, {}
+        self._process, self._writer, self._waiting, self._ready = process, writer, {}, False
         self._reader_task = asyncio.create_task(
             self._read_answers(reader, writer, self._waiting),
             name=f"pushskip-{self.name}-answers",
         )
-        logger.info("%s: delivering from process %d", self.name, process.pid)
+        logger.info("%s: working in process %d", self.name, process.pid)
 
     async def _read_answers(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        waiting: dict[int, asyncio.Future[bool]],
+        waiting: dict[int, asyncio.Future[Any]],
     ) -> None:
-        """One child's answers, to the deliveries in `waiting` (that child's)."""
+        """One child's answers, to the calls in `waiting` (that child's)."""
         try:
             while True:
-                n, delivered = await _read_frame(reader)
+                n, ok, result = await _read_frame(reader)
+                if n == 0:  # the child is ready
+                    self._ready = self._writer is writer
+                    continue
                 answer = waiting.get(n)
                 if answer is not None and not answer.done():
-                    answer.set_result(bool(delivered))
+                    if ok:
+                        answer.set_result(result)
+                    else:
+                        answer.set_exception(OffloadFailed(f"{self.name}: {result}"))
         except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError) as exc:
-            logger.warning("%s: the delivering process is gone (%r)", self.name, exc)
+            logger.warning("%s: the child process is gone (%r)", self.name, exc)
         finally:
             if self._writer is writer:
-                self._writer = None
+                self._writer, self._ready = None, False
             writer.close()
-            # Its deliveries under way failed; the outbox retries them after their backoff.
-            for answer in waiting.values():
-                if not answer.done():
-                    answer.set_result(False)
+            # Its calls under way failed.
+            _fail(waiting.values(), f"{self.name}: the child process is gone")
 
     async def aclose(self) -> None:
         self._closed = True
         writer, process = self._writer, self._process
-        self._writer = None
+        self._writer, self._ready = None, False
+        if self._start_task is not None:
+            await cancel_and_wait([self._start_task])
         # The reader first, so the child's going is not reported as a loss.
         if self._reader_task is not None:
             await cancel_and_wait([self._reader_task])
         if writer is not None:
             writer.close()  # the child sees the end of its stream and exits
-        for answer in self._waiting.values():
-            if not answer.done():
-                answer.set_result(False)
+        _fail(self._waiting.values(), f"{self.name}: closed")
         if process is not None and process.returncode is None:
             try:
                 async with asyncio.timeout(STOP_TIMEOUT_S):
@@ -244,17 +280,88 @@ class OffloadedTarget:
                 await process.wait()
 
 
+def _fail(answers: Any, why: str) -> None:
+    for answer in answers:
+        if not answer.done():
+            answer.set_exception(OffloadFailed(why))
+
+
+class OffloadedTarget:
+    """A Target (outbox.py) that delivers through `factory()`'s target in a child process,
+    at CHILD_NICENESS."""
+
+    def __init__(
+        self,
+        factory: Callable[[], Target],
+        *,
+        name: str,
+        concurrency: int,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
+    ) -> None:
+        self.name = name
+        self.concurrency = concurrency
+        self.worker = ChildWorker(
+            functools.partial(_TargetHandler, factory),
+            name=name,
+            niceness=CHILD_NICENESS,
+            answer_timeout_s=answer_timeout_s,
+        )
+
+    def __repr__(self) -> str:
+        return f"OffloadedTarget({self.name!r}, pid={self.pid})"
+
+    @property
+    def pid(self) -> int | None:
+        return self.worker.pid
+
+    async def start(self) -> None:
+        await self.worker.start()
+
+    async def deliver(self, entry: Entry) -> bool:
+        try:
+            return bool(
+                await self.worker.call((entry.id, entry.data, entry.attempt, entry.recorded_ms))
+            )
+        except OffloadFailed:
+            return False  # retried after its backoff
+
+    async def aclose(self) -> None:
+        await self.worker.aclose()
+
+
+class _TargetHandler:
+    """In the child: an outbox target's deliveries."""
+
+    def __init__(self, factory: Callable[[], Target]) -> None:
+        self.target = factory()
+
+    async def start(self) -> None:
+        await self.target.start()
+
+    async def handle(self, request: tuple[str, Any, int, int]) -> bool:
+        entry = Entry(*request)
+        try:
+            return await self.target.deliver(entry)
+        except Exception:
+            logger.exception("delivering %s failed", entry.id)
+            return False
+
+    async def aclose(self) -> None:
+        await self.target.aclose()
+
+
 def child_main() -> None:  # pragma: no cover - runs in the child (tests drive it)
-    """The child: deliver each entry it is sent, answer each with whether it went through.
-    Its arguments: the file descriptor of its socket, its parent's pid."""
+    """The child: answer each call with its handler's answer. Its arguments: the file
+    descriptor of its socket, its parent's pid, its niceness."""
     die_with_parent()
     if os.getppid() != int(sys.argv[2]):
         return  # the parent died before that took effect
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when
     # this one stops (it closes the socket), or its death does (SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.nice(CHILD_NICENESS)
+    if int(sys.argv[3]):
+        with contextlib.suppress(OSError):
+            os.nice(int(sys.argv[3]))
     sock = socket.socket(fileno=int(sys.argv[1]))  # its end of the socket pair
     with contextlib.suppress(ImportError):
         import uvloop
@@ -273,30 +380,31 @@ async def _child_loop(sock: socket.socket) -> None:  # pragma: no cover - runs i
         factory = await _read_frame(reader)
     except (asyncio.IncompleteReadError, ConnectionError):
         return
-    target: Target = factory()
-    await target.start()
+    handler: Handler = factory()
+    await handler.start()
+    writer.write(_frame((0, True, None)))  # ready (calls are numbered from 1)
     under_way: set[asyncio.Task[None]] = set()
 
-    async def one(n: int, entry: Entry) -> None:
+    async def one(n: int, request: Any) -> None:
         try:
-            delivered = await target.deliver(entry)
-        except Exception:
-            logger.exception("delivering %s failed", entry.id)
-            delivered = False
-        writer.write(_frame((n, delivered)))
+            answer = (n, True, await handler.handle(request))
+        except Exception as exc:
+            logger.exception("a call failed")
+            answer = (n, False, repr(exc))
+        writer.write(_frame(answer))
 
     try:
         while True:
             try:
-                n, entry_id, data, attempt, recorded_ms = await _read_frame(reader)
+                n, request = await _read_frame(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return  # the parent closed the socket, or is gone
-            task = asyncio.create_task(one(n, Entry(entry_id, data, attempt, recorded_ms)))
+            task = asyncio.create_task(one(n, request))
             under_way.add(task)
             task.add_done_callback(under_way.discard)
     finally:
         await cancel_and_wait(under_way)
-        await target.aclose()
+        await handler.aclose()
         writer.close()
 
 

@@ -93,12 +93,12 @@ class TokenBucket:
         return True
 
 
-def hello(found: Services, status: UserStatus, user_id: str, *, reset: bool) -> str:
+async def hello(found: Services, status: UserStatus, user_id: str, *, reset: bool) -> str:
     message: dict[str, Any] = {
         "type": "hello",
         "userId": user_id,
         "state": status.state,
-        "match": with_media(status.match, user_id, found.media),
+        "match": await with_media(status.match, user_id, found.media),
         "lastSeq": status.last_seq,
         "epoch": status.epoch,
         "pollIntervalMs": found.settings.poll_interval_ms,
@@ -164,7 +164,10 @@ class Connection:
 
     async def send_event(self, text: str) -> None:
         """An event's JSON text, as this user is given it (with their media grant)."""
-        await self.send(media_event_text(text, self.sub.user_id, self.found.media))
+        media = self.found.media
+        if media is not None:
+            text = await media_event_text(text, self.sub.user_id, media)
+        await self.send(text)
 
     def same_log(self, epoch: str | None) -> bool:
         """Whether `epoch` continues what the client has (adopting it if the client had none)."""
@@ -180,7 +183,7 @@ class Connection:
         status = await self.found.store.status(self.sub.user_id)
         self.epoch = status.epoch
         self.last_sent = 0
-        await self.send(hello(self.found, status, self.sub.user_id, reset=True))
+        await self.send(await hello(self.found, status, self.sub.user_id, reset=True))
         self.metrics.resets.inc()
 
     async def send_from_log(self) -> None:
@@ -411,7 +414,7 @@ async def serve(
     elif after is not None:
         conn.last_sent = after
     try:
-        await conn.send(hello(found, status, sub.user_id, reset=reset))
+        await conn.send(await hello(found, status, sub.user_id, reset=reset))
     finally:
         turn.give_back()
     reader = asyncio.create_task(conn.read())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +32,7 @@ from tests.helpers import (
     snapshot,
 )
 from tests.test_bad_input import assert_error
+from tests.test_outbox import wait_until
 from tests.test_ws import recv_json, ws_url
 
 API = "server-api-key"
@@ -149,6 +151,45 @@ async def test_every_match_a_user_is_given_carries_their_own_token_for_that_room
         partner = b if user is a else a
         assert not set(tokens) & set(media_tokens(seen[partner.id]))
     assert not media_tokens(await other.call("status"))
+
+
+async def test_tokens_are_minted_in_a_child_process_and_here_while_it_is_gone() -> None:
+    """Once its child is ready, LiveKit's tokens are minted there (the serving process's
+    own minter is not called); with the child killed, a grant is minted here at once, and
+    a new child takes over."""
+    from pushskip.livekit import LiveKit
+
+    standin = StandIn()
+    provider = LiveKit(standin.url, API_KEY, API_SECRET, token_ttl_s=600)
+    here: list[tuple[str, str]] = []
+    mint = provider.minter.mint
+
+    def counted(user_id: str, room: str) -> str:
+        here.append((user_id, room))
+        return mint(user_id, room)
+
+    provider.minter.mint = counted  # type: ignore[method-assign]
+    try:
+        await provider.start()
+        await wait_until(lambda: provider.minting.ready)
+        grant = await provider.grant("user-a", "room-1")
+        assert standin.server.join(grant["token"], "room-1") == "user-a"
+        assert here == []
+        first = provider.minting.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await wait_until(lambda: not provider.minting.ready)
+        grant = await provider.grant("user-b", "room-2")
+        assert standin.server.join(grant["token"], "room-2") == "user-b"
+        assert here == [("user-b", "room-2")]
+        await wait_until(lambda: provider.minting.ready)
+        assert provider.minting.pid not in (None, first)
+        grant = await provider.grant("user-c", "room-3")
+        assert standin.server.join(grant["token"], "room-3") == "user-c"
+        assert here == [("user-b", "room-2")]
+    finally:
+        await provider.aclose()
+    assert provider.minting.pid is None
 
 
 async def test_without_livekit_no_match_has_media_and_the_webhook_route_is_404(
