@@ -104,7 +104,8 @@ class ChildWorker:
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        # Per child: each call under way, and when it was sent (loop time).
+        self._waiting: dict[int, tuple[asyncio.Future[Any], float]] = {}
         self._next = 0
         self._started_at = float("-inf")
         self._starting: asyncio.Lock | None = None
@@ -141,19 +142,15 @@ class ChildWorker:
         if writer is None or writer.is_closing():
             raise OffloadFailed(f"{self.name}: no child process")
         n = self._next = self._next + 1
-        answer = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
         waiting = self._waiting  # this child's: a new child starts with a dict of its own
-        waiting[n] = answer
+        waiting[n] = (answer, loop.time())
         try:
             writer.write(_frame((n, request)))
-            async with asyncio.timeout(self.answer_timeout_s):
-                return await answer
-        except TimeoutError:
-            logger.warning(
-                "%s: no answer in %g s; starting the child again", self.name, self.answer_timeout_s
-            )
-            self._kill(writer)
-            raise OffloadFailed(f"{self.name}: no answer") from None
+            # Not bounded here (a timer per call costs the loop about as much as the rest
+            # of the call): _watch kills a child that leaves a call unanswered.
+            return await answer
         except (ConnectionError, RuntimeError):  # the pipe broke under the write
             raise OffloadFailed(f"{self.name}: the child's pipe broke") from None
         finally:
@@ -229,13 +226,16 @@ class ChildWorker:
             self._read_answers(reader, writer, self._waiting),
             name=f"pushskip-{self.name}-answers",
         )
+        self._watch_task = asyncio.create_task(
+            self._watch(writer, self._waiting), name=f"pushskip-{self.name}-watch"
+        )
         logger.info("%s: working in process %d", self.name, process.pid)
 
     async def _read_answers(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        waiting: dict[int, asyncio.Future[Any]],
+        waiting: dict[int, tuple[asyncio.Future[Any], float]],
     ) -> None:
         """One child's answers, to the calls in `waiting` (that child's)."""
         try:
@@ -244,7 +244,7 @@ class ChildWorker:
                 if n == 0:  # the child is ready
                     self._ready = self._writer is writer
                     continue
-                answer = waiting.get(n)
+                answer = waiting.get(n, (None, 0.0))[0]
                 if answer is not None and not answer.done():
                     if ok:
                         answer.set_result(result)
@@ -257,7 +257,25 @@ class ChildWorker:
                 self._writer, self._ready = None, False
             writer.close()
             # Its calls under way failed.
-            _fail(waiting.values(), f"{self.name}: the child process is gone")
+            _fail(waiting, f"{self.name}: the child process is gone")
+
+    async def _watch(
+        self, writer: asyncio.StreamWriter, waiting: dict[int, tuple[asyncio.Future[Any], float]]
+    ) -> None:
+        """Kill a child that leaves a call unanswered for answer_timeout_s (its reader then
+        fails the calls it had, and the next call starts another)."""
+        loop = asyncio.get_running_loop()
+        while not writer.is_closing():
+            await asyncio.sleep(min(1.0, self.answer_timeout_s / 4))
+            oldest = next(iter(waiting.values()), None)  # calls are kept in the order sent
+            if oldest is not None and loop.time() - oldest[1] > self.answer_timeout_s:
+                logger.warning(
+                    "%s: no answer in %g s; starting the child again",
+                    self.name,
+                    self.answer_timeout_s,
+                )
+                self._kill(writer)
+                return
 
     async def aclose(self) -> None:
         self._closed = True
@@ -266,11 +284,10 @@ class ChildWorker:
         if self._start_task is not None:
             await cancel_and_wait([self._start_task])
         # The reader first, so the child's going is not reported as a loss.
-        if self._reader_task is not None:
-            await cancel_and_wait([self._reader_task])
+        await cancel_and_wait([t for t in (self._reader_task, self._watch_task) if t is not None])
         if writer is not None:
             writer.close()  # the child sees the end of its stream and exits
-        _fail(self._waiting.values(), f"{self.name}: closed")
+        _fail(self._waiting, f"{self.name}: closed")
         if process is not None and process.returncode is None:
             try:
                 async with asyncio.timeout(STOP_TIMEOUT_S):
@@ -280,8 +297,8 @@ class ChildWorker:
                 await process.wait()
 
 
-def _fail(answers: Any, why: str) -> None:
-    for answer in answers:
+def _fail(waiting: dict[int, tuple[asyncio.Future[Any], float]], why: str) -> None:
+    for answer, _ in waiting.values():
         if not answer.done():
             answer.set_exception(OffloadFailed(why))
 
