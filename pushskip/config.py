@@ -364,7 +364,9 @@ class Settings:
         "Running several processes)",
         parse=worker_count,
     )
-    log_level: str = setting(DEFAULT_LOG_LEVEL, "log level of `pushskip serve`")
+    log_level: str = setting(
+        DEFAULT_LOG_LEVEL, "log level of `pushskip serve` (lines about each socket: DEBUG)"
+    )
     # Your app's own users (API.md, Identity).
     jwt_secret: str | None = setting(
         None,

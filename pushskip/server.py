@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -25,6 +26,10 @@ from pushskip.config import Settings
 from pushskip.heap import HEAP
 
 logger = logging.getLogger("pushskip.server")
+# uvicorn's lines about each WebSocket ("[accepted]", "connection open", "connection
+# closed"): three per socket at INFO, which at thousands of sockets are most of a log
+# and a tenth of what opening a socket costs. The CLI shows them at DEBUG only.
+CONNECTIONS_LOG = logging.getLogger("pushskip.connections")
 
 WS_MAX_MESSAGE_BYTES = 4096
 TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s\"']+")
@@ -42,6 +47,8 @@ def configure_logging(level: int | str, *, workers: bool = False) -> None:
         format=WORKERS_LOG_FORMAT if workers else LOG_FORMAT,
         force=workers,
     )
+    debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    CONNECTIONS_LOG.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -79,7 +86,7 @@ def _args(record: logging.LogRecord) -> tuple[object, ...]:
 
 
 def install_log_redaction() -> None:
-    for name in ("uvicorn.error", "uvicorn.access", "uvicorn"):
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn", CONNECTIONS_LOG.name):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
@@ -158,6 +165,12 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
     _after_close = 0
     _drop_timer: asyncio.TimerHandle | None = None
     _unparsed = b""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Errors still show; the per-socket lines (uvicorn's, and the websockets
+        # protocol's "connection open/closed") at DEBUG only.
+        self.logger = self.conn.logger = CONNECTIONS_LOG
 
     def data_received(self, data: bytes) -> None:
         if self.close_sent:

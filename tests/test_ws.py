@@ -7,6 +7,8 @@ import base64
 import json
 import logging
 import os
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -235,3 +237,16 @@ async def test_token_never_logged(
     messages = [r.getMessage() for r in server]
     assert any("/ws?token=[redacted]" in m for m in messages)
     assert not any(b.token in m or a.token in m for m in messages)
+
+
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
+def test_per_socket_lines_are_logged_at_debug_only(level: str, shown: bool) -> None:
+    """Under the CLI's logging, the lines uvicorn and websockets write about each socket
+    ("[accepted]", "connection open/closed") show at DEBUG, not at INFO; errors always do."""
+    code = (
+        "import logging; from pushskip import server; "
+        f"server.configure_logging({level!r}); log = server.CONNECTIONS_LOG; "
+        "print(log.isEnabledFor(logging.INFO), log.isEnabledFor(logging.ERROR))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == [str(shown), "True"], done.stderr
