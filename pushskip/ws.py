@@ -415,6 +415,8 @@ async def serve(
         conn.last_sent = after
     try:
         await conn.send(await hello(found, status, sub.user_id, reset=reset))
+    except WebSocketDisconnect:
+        return  # the client left before its hello: nothing to log
     finally:
         turn.give_back()
     reader = asyncio.create_task(conn.read())
