@@ -104,6 +104,7 @@ class ChildWorker:
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         # Per child: each call under way, and when it was sent (loop time).
         self._waiting: dict[int, tuple[asyncio.Future[Any], float]] = {}
         self._next = 0
@@ -250,8 +251,11 @@ class ChildWorker:
                         answer.set_result(result)
                     else:
                         answer.set_exception(OffloadFailed(f"{self.name}: {result}"))
-        except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError) as exc:
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
             logger.warning("%s: the child process is gone (%r)", self.name, exc)
+        except Exception as exc:  # a frame that does not unpickle, or not as (n, ok, answer)
+            logger.error("%s: unreadable answer from the child (%r); stopping it", self.name, exc)
+            self._kill(writer)
         finally:
             if self._writer is writer:
                 self._writer, self._ready = None, False

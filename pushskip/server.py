@@ -47,8 +47,9 @@ def configure_logging(level: int | str, *, workers: bool = False) -> None:
         format=WORKERS_LOG_FORMAT if workers else LOG_FORMAT,
         force=workers,
     )
-    debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
-    CONNECTIONS_LOG.setLevel(logging.DEBUG if debug else logging.WARNING)
+    chosen = logging.getLogger().getEffectiveLevel()
+    # DEBUG, or uvicorn's TRACE below it, shows them; anything above shows warnings only.
+    CONNECTIONS_LOG.setLevel(chosen if chosen <= logging.DEBUG else logging.WARNING)
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

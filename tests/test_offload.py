@@ -66,6 +66,15 @@ async def test_deliveries_run_in_a_lower_priority_child_and_answer_each_entry() 
     assert not _alive(pid)  # stopped, and reaped
 
 
+async def test_closing_a_target_whose_child_never_started_is_quiet() -> None:
+    """aclose() before any child ran (none was needed yet, or none could start) returns
+    cleanly, and a delivery after it fails without starting one."""
+    target = offloaded()
+    await target.aclose()
+    assert await target.deliver(entry(1, ok=True)) is False
+    assert target.pid is None
+
+
 async def test_a_dead_child_fails_its_deliveries_and_is_started_again() -> None:
     target = offloaded()
     try:
