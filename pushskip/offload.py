@@ -158,7 +158,7 @@ class ChildWorker:
             waiting.pop(n, None)
 
     def _kill(self, writer: asyncio.StreamWriter) -> None:
-        """End a hung child (its reader then fails what it had, and the next delivery
+        """End a hung child (its reader then fails what it had, and the next call
         starts another)."""
         if self._writer is writer and self._process is not None:
             self._writer, self._ready = None, False
