@@ -128,6 +128,9 @@ class TokenMinter:
     async def handle(self, request: tuple[str, str]) -> str:
         return self.mint(*request)
 
+    def handle_now(self, request: tuple[str, str]) -> str:
+        return self.mint(*request)
+
     async def aclose(self) -> None:
         pass
 

@@ -174,6 +174,12 @@ async def test_tokens_are_minted_in_a_child_process_and_here_while_it_is_gone() 
         await wait_until(lambda: provider.minting.ready)
         grant = await provider.grant("user-a", "room-1")
         assert standin.server.join(grant["token"], "room-1") == "user-a"
+        # A burst asked in one turn goes out in one write and comes back in a few: each
+        # answer still finds its own caller.
+        burst = await asyncio.gather(*(provider.grant(f"u{n}", f"r{n}") for n in range(40)))
+        assert [standin.server.join(g["token"], f"r{n}") for n, g in enumerate(burst)] == [
+            f"u{n}" for n in range(40)
+        ]
         assert here == []
         first = provider.minting.pid
         assert first is not None
