@@ -53,7 +53,7 @@ class BenchConfig:
     poll_interval_s: float = 0.5
     # The integrations phase: skip -> notified with webhooks (and media rooms) on and off.
     integration_pairs: int = 500
-    integration_rounds: int = 3
+    integration_rounds: int = 5
     integration_duration_s: float = 10.0
 
     @classmethod
