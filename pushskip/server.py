@@ -24,6 +24,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from pushskip import closing, services
 from pushskip.config import Settings
 from pushskip.heap import HEAP
+from pushskip.slimsync import SlimEvent, SlimQueue
 
 logger = logging.getLogger("pushskip.server")
 # uvicorn's lines about each WebSocket ("[accepted]", "connection open", "connection
@@ -172,6 +173,10 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
         # Errors still show; the per-socket lines (uvicorn's, and the websockets
         # protocol's "connection open/closed") at DEBUG only.
         self.logger = self.conn.logger = CONNECTIONS_LOG
+        # What every open socket holds, made smaller (slimsync.py).
+        self.queue = SlimQueue()  # type: ignore[assignment]
+        self.writable = SlimEvent()  # type: ignore[assignment]
+        self.writable.set()
 
     def data_received(self, data: bytes) -> None:
         if self.close_sent:
@@ -216,6 +221,12 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
             except TimeoutError:
                 self._drop()
         await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response (their headers: ~3 KiB) are not read
+            # again once the accept is out; the app has what it needs in its scope. The
+            # request's headers are emptied too: the websockets parser keeps the request.
+            self.request.headers.clear()
+            self.request = self.response = None  # type: ignore[assignment]
         if self.close_sent:
             self._arm_drop()
 

@@ -151,6 +151,20 @@ async def test_bad_origin_closes_4403(http: httpx.AsyncClient, base_url: str) ->
         assert (await recv_json(ws))["type"] == "hello"
 
 
+async def test_only_the_ws_path_opens_a_socket(http: httpx.AsyncClient, base_url: str) -> None:
+    """/ws is handed to its endpoint ahead of Starlette's router (app.PushskipApp); any
+    other path, however close, is still refused at the handshake."""
+    user = await new_user(http)
+    token = ws_url(base_url, user).split("?", 1)[1]
+    ws_base = base_url.replace("http", "ws", 1)
+    for path in ("/ws/", "/wsx", "/api/ws", "/"):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"{ws_base}{path}?{token}")
+        assert refused.value.response.status_code == 403, path
+    async with websockets.connect(f"{ws_base}/ws?{token}") as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+
+
 async def test_one_pubsub_connection_per_process(
     http: httpx.AsyncClient, base_url: str, redis: Redis
 ) -> None:
