@@ -87,8 +87,10 @@ class PushskipApp(Starlette):
     Starlette's layers (error and exception middleware, router, route, session,
     two exception wrappers) are ~4 KiB of each idle socket's ~25, and a tenth of
     the CPU of opening one. The endpoint handles its own failures (it closes the
-    socket with a code); whatever else it raises reaches uvicorn, which closes
-    the socket with 1011, as Starlette's middleware would have let it.
+    socket with a code); whatever else it raises reaches uvicorn, which logs it
+    and drops the connection, as it did through Starlette's middleware (whose
+    handlers serve HTTP requests only). Matched on the path as uvicorn gives it:
+    the server sets no root path.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

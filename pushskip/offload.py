@@ -122,7 +122,12 @@ class _Sender:
     def flush(self) -> None:
         out, self._out = self._out, []
         if out and not self._writer.is_closing():
-            self._writer.write(b"".join(out))
+            try:
+                self._writer.write(b"".join(out))
+            except (ConnectionError, RuntimeError) as exc:
+                # Closed, the reader sees the end of the stream and fails the calls.
+                logger.warning("the pipe to a child broke (%r)", exc)
+                self._writer.close()
 
 
 class OffloadFailed(Exception):

@@ -63,8 +63,8 @@ class SlimEvent:
 class SlimQueue:
     """An unbounded asyncio.Queue's put_nowait / get / empty / qsize, first in first out.
 
-    Its items are in a list: a connection's queue holds a few messages at most
-    (ClosingWebSocketProtocol parses no more until the app has taken them)."""
+    Its items are in a list: a connection's queue holds at most the messages of one
+    parse slice (ClosingWebSocketProtocol parses no more until the app has taken them)."""
 
     __slots__ = ("_getters", "_items")
 

@@ -7,7 +7,13 @@ import functools
 import os
 import signal
 
-from pushskip.offload import CHILD_NICENESS, STOP_TIMEOUT_S, OffloadedTarget
+from pushskip.offload import (
+    CHILD_NICENESS,
+    STOP_TIMEOUT_S,
+    ChildWorker,
+    OffloadedTarget,
+    OffloadFailed,
+)
 from pushskip.outbox import Entry
 
 
@@ -118,3 +124,39 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class Doubler:
+    """Answers in line (handle_now): twice the number, and fails on a negative one."""
+
+    def handle_now(self, n: int) -> int:
+        if n < 0:
+            raise ValueError(f"negative: {n}")
+        return 2 * n
+
+    async def handle(self, n: int) -> int:
+        return self.handle_now(n)
+
+    async def start(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_calls_answered_in_line_each_get_their_own_answer_or_failure() -> None:
+    """A burst of calls in one turn, answered by handle_now several per write: each caller
+    gets its own answer, and one that raised fails alone."""
+    worker = ChildWorker(Doubler, name="doubler")
+    try:
+        await worker.start()
+        numbers = [n if n % 7 else -n for n in range(1, 41)]
+        got = await asyncio.gather(*(worker.call(n) for n in numbers), return_exceptions=True)
+        for n, answer in zip(numbers, got, strict=True):
+            if n < 0:
+                assert isinstance(answer, OffloadFailed) and "negative" in str(answer)
+            else:
+                assert answer == 2 * n
+        assert await worker.call(5) == 10  # the child lives on
+    finally:
+        await worker.aclose()
