@@ -125,11 +125,11 @@ class TokenMinter:
     async def start(self) -> None:
         pass
 
-    async def handle(self, request: tuple[str, str]) -> str:
-        return self.mint(*request)
-
     def handle_now(self, request: tuple[str, str]) -> str:
         return self.mint(*request)
+
+    async def handle(self, request: tuple[str, str]) -> str:
+        return self.handle_now(request)
 
     async def aclose(self) -> None:
         pass
