@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 from pushskip import api, redisform, server_api, ws
 from pushskip.auth import TokenSigner
 from pushskip.config import Settings
+from pushskip.direct import DirectRoutes
 from pushskip.hub import Hub
 from pushskip.identity import AppTokens, Identity
 from pushskip.jwks import JwksKeys
@@ -81,7 +82,8 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 class PushskipApp(Starlette):
-    """The app: Starlette, with `/ws` handed straight to its endpoint.
+    """The app: Starlette, with `/ws` and the plain HTTP routes handed straight to their
+    endpoints (direct.py has how the HTTP ones keep their error handling).
 
     An open socket holds its coroutine chain for as long as it is open, and
     Starlette's layers (error and exception middleware, router, route, session,
@@ -93,8 +95,22 @@ class PushskipApp(Starlette):
     the server sets no root path.
     """
 
+    _direct: DirectRoutes | None = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == WS_PATH:
+        kind = scope["type"]
+        if kind == "http":
+            direct = self._direct
+            if direct is None:
+                # Built on the first request: routes and handlers are final by then.
+                routes = () if self.user_middleware else self.routes
+                direct = self._direct = DirectRoutes(routes, self.exception_handlers)
+            endpoint = direct.find(scope)
+            if endpoint is not None:
+                scope["app"] = self
+                await direct.serve(endpoint, scope, receive, send)
+                return
+        elif kind == "websocket" and scope["path"] == WS_PATH:
             scope["app"] = self
             await ws.websocket_endpoint(WebSocket(scope, receive, send))
             return

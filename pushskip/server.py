@@ -18,7 +18,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from pushskip import closing, services
@@ -111,7 +111,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:  # the same: an upgrade, handed over
+            joined = HeadWithBody(cycle)
+            cycle.transport = joined  # type: ignore[assignment]
+            cycle.on_response = joined.response_done
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -130,6 +136,60 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._header_timer = None
         logger.debug("request headers not complete in %.1fs; closing", self.header_timeout_s)
         self.transport.close()
+
+
+class HeadWithBody:
+    """The transport one response is written to: its status line and headers wait for the
+    first write of its body and go out with it, in one send.
+
+    uvicorn writes the head when the app starts the response and the body when the
+    app sends it, a moment later in the same step: two sends, two packets, and
+    for the client two reads of a JSON answer. Only the head waits, and only
+    for the body's first write (or the response's end, or a close): a 100
+    Continue, written before the response starts, and the rest of a streamed
+    body go out as they come.
+    """
+
+    __slots__ = ("_cycle", "_held", "_on_response", "_passing", "_transport")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        self._transport = cycle.transport
+        self._held: bytes | None = None
+        self._passing = False
+        self._on_response = cycle.on_response
+
+    def write(self, data: bytes) -> None:
+        if self._passing:
+            self._transport.write(data)
+        elif self._held is not None:
+            self._passing = True
+            held, self._held = self._held, None
+            self._transport.write(held + data)
+        elif self._cycle.response_started:
+            self._held = bytes(data)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        self._passing = True
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def response_done(self) -> None:
+        self.flush()  # a HEAD, which has no body to carry its head
+        self._on_response()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 # Once the server has sent its close frame, the peer has this long to finish the closing

@@ -310,6 +310,12 @@ class OpeningTurn:
         self.wait_s = wait_s
 
     async def take(self) -> None:
+        if not self._gate.locked():
+            # A free turn is taken without suspending: no wait_for, whose task (on 3.11)
+            # would cost the open more than the rest of this gate.
+            await self._gate.acquire()
+            self._held = True
+            return
         try:
             await asyncio.wait_for(self._gate.acquire(), self.wait_s)
         except TimeoutError:
