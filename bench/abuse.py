@@ -486,10 +486,10 @@ async def phase_abuse(bench: Any, results: dict[str, Any]) -> None:
     quick = bench.cfg.quick
     args = argparse.Namespace(
         skips=10 if quick else 100,
-        flood_s=2.0 if quick else 10.0,
-        crowd_s=4.0 if quick else 30.0,
+        flood_s=1.0 if quick else 10.0,
+        crowd_s=2.0 if quick else 30.0,
         big_frames=5 if quick else 20,
-        churn_runs=2 if quick else 5,
+        churn_runs=1 if quick else 5,
         churn_warmup_s=1.5 if quick else 3.0,
     )
     url = bench.redis_url.split("?", 1)[0] + "?db=7"

@@ -323,7 +323,7 @@ async def phase_deployments(bench: Any, results: dict[str, Any]) -> None:
     cfg = bench.cfg
     quick = cfg.quick
     pairs = 50 if quick else 500
-    duration = 2.0 if quick else 15.0
+    duration = 1.0 if quick else 15.0
     ladder = (200.0,) if quick else (250.0, 500.0, 750.0, 1000.0, 1250.0)
     out: dict[str, Any] = {"pairs": pairs, "rate": cfg.latency_rate, "duration_s": duration}
     base_dir = Path(tempfile.mkdtemp(prefix="pushskip-bench-deploy-", dir=bench.workdir))

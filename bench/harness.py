@@ -62,7 +62,7 @@ class BenchConfig:
             quick=True,
             latency_pairs=(50,),
             latency_warmup_s=0.5,
-            latency_duration_s=2.0,
+            latency_duration_s=1.5,
             floor_duration_s=2.0,
             sat_pairs=50,
             sat_rates=(100, 200),
@@ -75,7 +75,7 @@ class BenchConfig:
             micro_s=0.5,
             integration_pairs=50,
             integration_rounds=1,
-            integration_duration_s=1.5,
+            integration_duration_s=1.0,
         )
 
 
