@@ -103,7 +103,9 @@ class PushskipApp(Starlette):
             direct = self._direct
             if direct is None:
                 # Built on the first request: routes and handlers are final by then.
-                routes = () if self.user_middleware else self.routes
+                limited = getattr(self, "max_body_size", None) is not None  # Starlette >= 1.x
+                alike = not (self.user_middleware or self.debug or limited)
+                routes = self.routes if alike else ()
                 direct = self._direct = DirectRoutes(routes, self.exception_handlers)
             endpoint = direct.find(scope)
             if endpoint is not None:

@@ -9,7 +9,10 @@ own handlers the way Starlette would send them: a handler registered for a
 class answers for it and its subclasses, and one registered for `Exception`
 answers the rest and re-raises, so the server still logs the failure.
 Anything else (HEAD, a wrong method, static files, a path with parameters)
-goes through Starlette as before.
+goes through Starlette as before, and so does every route of an app these
+would not serve alike: one with middleware (its own, a route's or a mount's),
+`debug`, a body size limit, handlers keyed by status code, or no handler of its
+own for HTTPException. The table is made on the app's first request.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -25,6 +29,8 @@ from starlette.types import Receive, Scope, Send
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
+# What Starlette's Route makes of a function endpoint, before any middleware of the route's.
+PLAIN_ROUTE_APP = "request_response.<locals>.app"
 
 
 def plain_routes(routes: Iterable[BaseRoute], prefix: str = "") -> dict[tuple[str, str], Endpoint]:
@@ -37,7 +43,8 @@ def plain_routes(routes: Iterable[BaseRoute], prefix: str = "") -> dict[tuple[st
         elif (
             isinstance(route, Route)
             and not route.param_convertors
-            and inspect.isfunction(route.endpoint)
+            and inspect.iscoroutinefunction(route.endpoint)
+            and getattr(route.app, "__qualname__", "") == PLAIN_ROUTE_APP  # no route middleware
             and route.methods
         ):
             for method in route.methods - {"HEAD"}:
@@ -53,9 +60,8 @@ class DirectRoutes:
         routes: Iterable[BaseRoute],
         handlers: Mapping[Any, ExceptionHandler],
     ) -> None:
-        # Handlers keyed by status code are Starlette's to look up: with any, none is direct.
-        by_class = all(isinstance(k, type) for k in handlers)
-        self.endpoints = plain_routes(routes) if by_class else {}
+        servable = all(isinstance(k, type) for k in handlers) and HTTPException in handlers
+        self.endpoints = plain_routes(routes) if servable else {}
         self._handlers = dict(handlers)
         self._last_resort = self._handlers.pop(Exception, None)
 
@@ -68,12 +74,13 @@ class DirectRoutes:
             response = await endpoint(request)
         except Exception as exc:
             handler = self._handler_for(exc)
-            if handler is not None:
+            try:
+                if handler is None:
+                    raise
                 response = await handler(request, exc)
-            elif self._last_resort is not None:
-                await (await self._last_resort(request, exc))(scope, receive, send)
-                raise
-            else:
+            except Exception as failed:  # unhandled, or its handler failed
+                if self._last_resort is not None:
+                    await (await self._last_resort(request, failed))(scope, receive, send)
                 raise
         await response(scope, receive, send)
 

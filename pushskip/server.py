@@ -18,7 +18,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from pushskip import closing, services
@@ -114,10 +114,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         before = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and cycle is not before:  # the same: an upgrade, handed over
-            joined = HeadWithBody(cycle)
-            cycle.transport = joined  # type: ignore[assignment]
-            cycle.on_response = joined.response_done
+        if (
+            cycle is not None
+            and cycle is not before  # the same: an upgrade, handed over
+            and not cycle.waiting_for_100_continue
+            and cycle.scope["method"] != "HEAD"
+        ):
+            cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -144,32 +147,32 @@ class HeadWithBody:
 
     uvicorn writes the head when the app starts the response and the body when the
     app sends it, a moment later in the same step: two sends, two packets, and
-    for the client two reads of a JSON answer. Only the head waits, and only
-    for the body's first write (or the response's end, or a close): a 100
-    Continue, written before the response starts, and the rest of a streamed
-    body go out as they come.
+    for the client two reads of a JSON answer. Only the head waits, and at most
+    until the end of the loop's turn (a streamed body whose first chunk is slow
+    gets its head then), or a close; the rest of the body goes out as it comes.
+    The first write must be the head: not for a request that expects a 100
+    Continue (written before the head) or a HEAD (no body follows), which keep
+    uvicorn's own transport. It holds nothing but the transport, so a request's
+    objects are still freed by reference counting (heap.py freezes survivors).
     """
 
-    __slots__ = ("_cycle", "_held", "_on_response", "_passing", "_transport")
+    __slots__ = ("_held", "_passing", "_transport")
 
-    def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
-        self._transport = cycle.transport
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
         self._held: bytes | None = None
         self._passing = False
-        self._on_response = cycle.on_response
 
     def write(self, data: bytes) -> None:
         if self._passing:
             self._transport.write(data)
-        elif self._held is not None:
+        elif self._held is None:
+            self._held = bytes(data)
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
             self._passing = True
             held, self._held = self._held, None
             self._transport.write(held + data)
-        elif self._cycle.response_started:
-            self._held = bytes(data)
-        else:
-            self._transport.write(data)
 
     def flush(self) -> None:
         self._passing = True
@@ -183,10 +186,6 @@ class HeadWithBody:
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
-
-    def response_done(self) -> None:
-        self.flush()  # a HEAD, which has no body to carry its head
-        self._on_response()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

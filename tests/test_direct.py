@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pushskip.app import PushskipApp
 from pushskip.direct import plain_routes
@@ -34,6 +36,14 @@ async def breaks(request: Request) -> Response:
     raise RuntimeError("bug")
 
 
+async def handler_breaks(request: Request) -> Response:
+    raise LookupError("x")
+
+
+def sync_endpoint(request: Request) -> Response:
+    return JSONResponse({"sync": True})
+
+
 async def user(request: Request) -> Response:
     return JSONResponse({"user": request.path_params["who"]})
 
@@ -42,8 +52,25 @@ async def on_refused(request: Request, exc: Exception) -> Response:
     return JSONResponse({"refused": str(exc)}, status_code=409)
 
 
+async def on_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"http": exc.status_code}, status_code=exc.status_code)
+
+
+async def handler_fails(request: Request, exc: Exception) -> Response:
+    raise ValueError("the handler broke")
+
+
 async def on_anything(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "internal"}, status_code=500)
+
+
+class Forbid:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("no", status_code=403)(scope, receive, send)
 
 
 def build(middleware: list[Middleware] | None = None) -> PushskipApp:
@@ -52,11 +79,19 @@ def build(middleware: list[Middleware] | None = None) -> PushskipApp:
         Route("/refuses", refuses, methods=["POST"]),
         Route("/breaks", breaks, methods=["POST"]),
         Route("/users/{who}", user, methods=["GET"]),
+        Route("/handler-breaks", handler_breaks, methods=["POST"]),
+        Route("/sync", sync_endpoint, methods=["GET"]),
+        Route("/guarded", fine, methods=["GET"], middleware=[Middleware(Forbid)]),
     ]
     return PushskipApp(
         routes=[Mount("/api", routes=api), Route("/top", fine)],
         middleware=middleware,
-        exception_handlers={Refused: on_refused, Exception: on_anything},
+        exception_handlers={
+            Refused: on_refused,
+            LookupError: handler_fails,
+            HTTPException: on_http,
+            Exception: on_anything,
+        },
     )
 
 
@@ -72,6 +107,7 @@ def test_the_table_holds_fixed_paths_by_method_only() -> None:
         ("POST", "/api/fine"),
         ("POST", "/api/refuses"),
         ("POST", "/api/breaks"),
+        ("POST", "/api/handler-breaks"),
         ("GET", "/top"),
     }
 
@@ -88,6 +124,12 @@ async def test_direct_answers_match_starlettes() -> None:
         assert (got.status_code, got.json()) == (500, {"error": "internal"})
         # What the table leaves out still goes through Starlette's router.
         assert (await c.get("/api/users/ann")).json() == {"user": "ann"}
+        # A handler that fails leaves it to the last-resort one, as in Starlette.
+        got = await c.post("/api/handler-breaks")
+        assert (got.status_code, got.json()) == (500, {"error": "internal"})
+        # A sync endpoint (run in a thread) and a route's own middleware are Starlette's.
+        assert (await c.get("/api/sync")).json() == {"sync": True}
+        assert (await c.get("/api/guarded")).status_code == 403
         assert (await c.delete("/api/fine")).status_code == 405
         head = await c.head("/api/fine")
         assert head.status_code == 200 and head.content == b""
@@ -114,3 +156,11 @@ async def test_an_app_with_middleware_serves_everything_through_it() -> None:
         assert got.json() == {"ok": True, "direct": False}
         assert (await c.post("/api/refuses")).status_code == 409
     assert seen == ["/api/fine", "/api/refuses"]
+
+
+async def test_an_app_without_its_own_http_error_handler_serves_nothing_directly() -> None:
+    app = PushskipApp(
+        routes=[Route("/top", fine)], exception_handlers={Exception: on_anything}
+    )
+    async with client(app) as c:
+        assert (await c.get("/top")).json() == {"ok": True, "direct": False}
