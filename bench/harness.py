@@ -75,7 +75,7 @@ class BenchConfig:
             micro_s=0.5,
             integration_pairs=50,
             integration_rounds=1,
-            integration_duration_s=1.0,
+            integration_duration_s=1.5,
         )
 
 
