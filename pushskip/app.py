@@ -101,12 +101,8 @@ class PushskipApp(Starlette):
         kind = scope["type"]
         if kind == "http":
             direct = self._direct
-            if direct is None:
-                # Built on the first request: routes and handlers are final by then.
-                limited = getattr(self, "max_body_size", None) is not None  # Starlette >= 1.x
-                alike = not (self.user_middleware or self.debug or limited)
-                routes = self.routes if alike else ()
-                direct = self._direct = DirectRoutes(routes, self.exception_handlers)
+            if direct is None:  # made on the first request: routes and handlers are final
+                direct = self._direct = DirectRoutes.of(self)
             endpoint = direct.find(scope)
             if endpoint is not None:
                 scope["app"] = self

@@ -21,6 +21,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -64,6 +65,13 @@ class DirectRoutes:
         self.endpoints = plain_routes(routes) if servable else {}
         self._handlers = dict(handlers)
         self._last_resort = self._handlers.pop(Exception, None)
+
+    @classmethod
+    def of(cls, app: Starlette) -> DirectRoutes:
+        """The app's direct routes: none when the app has anything a direct call would skip."""
+        limited = getattr(app, "max_body_size", None) is not None  # Starlette >= 1.x
+        alike = not (app.user_middleware or app.debug or limited)
+        return cls(app.routes if alike else (), app.exception_handlers)
 
     def find(self, scope: Scope) -> Endpoint | None:
         return self.endpoints.get((scope["method"], scope["path"]))

@@ -170,9 +170,8 @@ class HeadWithBody:
             self._held = bytes(data)
             asyncio.get_running_loop().call_soon(self.flush)
         else:
-            self._passing = True
-            held, self._held = self._held, None
-            self._transport.write(held + data)
+            self._held += data
+            self.flush()
 
     def flush(self) -> None:
         self._passing = True
