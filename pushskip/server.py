@@ -22,6 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from pushskip import closing, services
+from pushskip.churn import ChurnTurns, is_close_frame
 from pushskip.config import Settings
 from pushskip.heap import HEAP
 from pushskip.slimsync import SlimEvent, SlimQueue
@@ -96,10 +97,21 @@ def install_log_redaction() -> None:
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol, dropping a request whose headers take too long to arrive
-    (a slowloris holds no connection for longer than `header_timeout_s`)."""
+    (a slowloris holds no connection for longer than `header_timeout_s`). A connection's
+    first read is churn (churn.py): it waits its turn behind the open connections."""
 
     header_timeout_s = 10.0
+    churn: ChurnTurns | None = None
     _header_timer: asyncio.TimerHandle | None = None
+    _first_read = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._first_read:
+            self._first_read = False
+            if self.churn is not None:
+                self.churn.run(self.transport, super().data_received, data)
+                return
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -214,6 +226,9 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
     - a close frame that cannot even be written within CLOSE_GRACE_S (the
       peer's window is full) is given up, and the connection aborted.
 
+    A close frame from the peer is churn (churn.py): it waits its turn behind
+    the other sockets' traffic.
+
     And what the peer sends is parsed only as fast as the app takes its
     messages: uvicorn parses every frame of what one read brings (a read of a
     flood is ~15,000 tiny frames, all queued for the app) and only then pauses
@@ -222,6 +237,7 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
     for its message rate costs the parsing of its burst, not of its flood.
     """
 
+    churn: ChurnTurns | None = None
     _after_close = 0
     _drop_timer: asyncio.TimerHandle | None = None
     _unparsed = b""
@@ -246,6 +262,17 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
             super().data_received(data)
             self._arm_drop()
             return
+        if (
+            self.churn is not None
+            and not self._unparsed
+            and self.handshake_complete
+            and is_close_frame(data)
+        ):
+            self.churn.run(self.transport, self._take, data)
+            return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
         self._unparsed += data
         self._parse()
 
@@ -312,24 +339,41 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.abort()
 
 
-def http_protocol(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
-    return type(
-        "PushskipHttpProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": header_timeout_s}
+def protocols(
+    header_timeout_s: float, churn: ChurnTurns | None
+) -> tuple[type[HeaderTimeoutProtocol], type[ClosingWebSocketProtocol]]:
+    """The HTTP and WebSocket protocol classes of one server, sharing its `churn` turns."""
+    http = type(
+        "PushskipHttpProtocol",
+        (HeaderTimeoutProtocol,),
+        {"header_timeout_s": header_timeout_s, "churn": churn},
     )
+    ws = type("PushskipWebSocketProtocol", (ClosingWebSocketProtocol,), {"churn": churn})
+    return http, ws
 
 
-def server_config(app: Starlette, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+def server_config(
+    app: Starlette,
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    churn: ChurnTurns | None = None,
+) -> uvicorn.Config:
+    """uvicorn's configuration for `app`; its connections' churn runs in `churn`'s turns
+    (by default, its own)."""
     install_log_redaction()
     trusted = settings.trusted_proxies
+    http, ws = protocols(settings.header_timeout_s, churn if churn is not None else ChurnTurns())
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=http_protocol(settings.header_timeout_s),
+        http=http,
         # X-Forwarded-For names the client only when a trusted proxy sent it.
         proxy_headers=bool(trusted),
         forwarded_allow_ips=list(trusted) if trusted else [],
-        ws=ClosingWebSocketProtocol,
+        ws=ws,
         # A client message over 4 KiB closes the socket (1009) before we read it.
         ws_max_size=WS_MAX_MESSAGE_BYTES,
         # Events are tiny; per-message deflate would cost ~50 KiB per socket.

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from pushskip import keys
 from pushskip.app import create_app
+from pushskip.churn import ChurnTurns
 from pushskip.config import Settings
 from pushskip.server import PushskipServer, server_config
 
@@ -47,11 +48,12 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def run_server(settings: Settings) -> AsyncIterator[str]:
+async def run_server(settings: Settings, churn: ChurnTurns | None = None) -> AsyncIterator[str]:
     """A real uvicorn serving create_app(settings) in this event loop; yields its base URL."""
     port = free_port()
     app = create_app(settings)
-    server = PushskipServer(server_config(app, settings, host="127.0.0.1", port=port))
+    config = server_config(app, settings, host="127.0.0.1", port=port, churn=churn)
+    server = PushskipServer(config)
     server.config.install_signal_handlers = False  # type: ignore[attr-defined]
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -1,0 +1,206 @@
+"""Connection churn runs in turns (churn.py): new connections' first reads and peers' close
+frames take at most a share of each loop turn, in arrival order, and none is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import websockets
+from redis.asyncio import Redis
+
+from pushskip.churn import ChurnTurns, Step, is_close_frame
+from tests.conftest import EmbeddedRedis
+from tests.helpers import make_settings, new_user, run_server
+from tests.test_ws import recv_json, ws_url
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.paused = False
+        self.closing = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class Turns:
+    """Counts the loop's turns: one tick per turn, scheduled as churn's own turn is."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._handle = self._loop.call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def test_steps_within_the_share_run_at_once() -> None:
+    churn = ChurnTurns(budget_s=60.0)
+    ran: list[bytes] = []
+    transports = [Transport() for _ in range(5)]
+    for i, transport in enumerate(transports):
+        churn.run(transport, ran.append, b"%d" % i)  # type: ignore[arg-type]
+    assert ran == [b"0", b"1", b"2", b"3", b"4"]
+    assert churn.waiting == 0
+    assert not any(t.paused for t in transports)
+
+
+async def test_past_the_share_steps_wait_their_turn_in_order() -> None:
+    """Each step outlasts the share: one runs per turn, in arrival order (those that come
+    while others wait go behind them), each connection unread until its step runs."""
+    churn = ChurnTurns(budget_s=0.001)
+    turns = Turns()
+    ran: list[tuple[bytes, int, bool]] = []
+    transports: dict[bytes, Transport] = {}
+
+    def slow_step(data: bytes) -> None:
+        ran.append((data, turns.count, transports[data].paused))
+        time.sleep(0.002)
+
+    def arrive(name: bytes) -> None:
+        transports[name] = Transport()
+        churn.run(transports[name], slow_step, name)  # type: ignore[arg-type]
+
+    try:
+        for name in (b"a", b"b", b"c"):
+            arrive(name)
+        assert [r[0] for r in ran] == [b"a"]
+        assert transports[b"b"].paused and transports[b"c"].paused
+        assert churn.waiting == 2
+        await asyncio.sleep(0)
+        arrive(b"d")  # a share is free this turn, but b and c came first
+        assert churn.waiting >= 2
+        while churn.waiting:
+            await asyncio.sleep(0)
+    finally:
+        turns.stop()
+    assert [r[0] for r in ran] == [b"a", b"b", b"c", b"d"]
+    turn_of = [r[1] for r in ran]
+    assert len(set(turn_of)) == 4, f"one step per turn, got turns {turn_of}"
+    assert turn_of == sorted(turn_of)
+    assert not any(paused for _, _, paused in ran), "a step runs with its connection read again"
+    assert not any(t.paused for t in transports.values())
+
+
+async def test_a_step_whose_connection_closed_while_waiting_is_dropped() -> None:
+    churn = ChurnTurns(budget_s=0.0)
+    ran: list[bytes] = []
+    first, gone, last = Transport(), Transport(), Transport()
+    churn.run(first, ran.append, b"first")  # type: ignore[arg-type]
+    churn.run(gone, ran.append, b"gone")  # type: ignore[arg-type]
+    churn.run(last, ran.append, b"last")  # type: ignore[arg-type]
+    gone.closing = True
+    while churn.waiting:
+        await asyncio.sleep(0)
+    assert ran == [b"first", b"last"]
+
+
+def test_close_frames_are_told_from_other_frames() -> None:
+    masked_close = bytes([0x88, 0x82, 1, 2, 3, 4, 0x02, 0xEA])
+    assert is_close_frame(masked_close)
+    assert not is_close_frame(bytes([0x81, 0x85, 1, 2, 3, 4]) + b"hello")  # text
+    assert not is_close_frame(bytes([0x89, 0x80, 1, 2, 3, 4]))  # ping
+    assert not is_close_frame(b"\x88")  # not a whole frame head
+
+
+async def test_with_no_share_every_socket_still_opens_and_closes(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """Churn with no share at all (one step per turn): 40 sockets opening at once all get
+    their hello; closed at once, each close is answered and each leaves the hub (with one
+    socket per user allowed, every user opens again)."""
+    settings = make_settings(redis_server.url, max_sockets_per_user=1)
+    async with (
+        run_server(settings, churn=ChurnTurns(budget_s=0.0)) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        users = [await new_user(http) for _ in range(40)]
+        for _ in range(2):
+            sockets = await asyncio.gather(*(websockets.connect(ws_url(base, u)) for u in users))
+            hellos = await asyncio.gather(*(recv_json(ws) for ws in sockets))
+            assert [h["userId"] for h in hellos] == [u.id for u in users]
+            await asyncio.gather(*(ws.close() for ws in sockets))
+            # The server answered each close frame with its own (the handshake completed).
+            closes = [ws.protocol.close_rcvd for ws in sockets]
+            assert [c.code if c else None for c in closes] == [1000] * len(sockets)
+
+
+async def test_with_no_share_a_first_read_is_taken_whole(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """A first read that waited its turn loses nothing: two pipelined requests in it are
+    both answered, and a request whose head comes in two reads is answered once whole."""
+    settings = make_settings(redis_server.url)
+    async with run_server(settings, churn=ChurnTurns(budget_s=0.0)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+        async def exchange(*parts: bytes, answers: int) -> bytes:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                for part in parts:
+                    writer.write(part)
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                got = b""
+                while got.count(b"HTTP/1.1 200 OK") < answers:
+                    chunk = await asyncio.wait_for(reader.read(65536), 5)
+                    if not chunk:
+                        break
+                    got += chunk
+                return got
+            finally:
+                writer.close()
+
+        openers = [exchange(request + request, answers=2) for _ in range(10)]
+        halves = [exchange(request[:20], request[20:], answers=1) for _ in range(10)]
+        answers = await asyncio.gather(*openers, *halves)
+        assert [a.count(b"HTTP/1.1 200 OK") for a in answers] == [2] * 10 + [1] * 10
+
+
+class CountedTurns(ChurnTurns):
+    __slots__ = ("steps",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> None:
+        self.steps += 1
+        super().run(transport, step, data)
+
+
+async def test_only_first_reads_and_close_frames_are_churn(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """Later requests on a kept-alive connection, and a socket's messages, are read at once:
+    churn is each connection's first read, and a close frame."""
+    churn = CountedTurns()
+    async with (
+        run_server(make_settings(redis_server.url), churn=churn) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        user = await new_user(http)
+        for _ in range(5):
+            assert (await http.get("/healthz")).status_code == 200
+        assert churn.steps == 1
+        async with websockets.connect(ws_url(base, user)) as ws:
+            assert (await recv_json(ws))["type"] == "hello"
+            for _ in range(3):
+                await ws.send('{"type":"ping"}')
+                assert (await recv_json(ws))["type"] == "pong"
+            assert churn.steps == 2
+        assert churn.steps == 3
