@@ -1,11 +1,11 @@
 """Connection churn served in turns: sockets coming and going wait behind the traffic of
 the sockets already open.
 
-A burst of connections (every client of a restarted process coming back at once, or a
-proxy dropping them all) is work the event loop does in the same turns as everyone
+A burst of connections (every client of a restarted process coming back at once, or
+leaving at once) is work the event loop does in the same turns as everyone
 else's skips. Left alone, the loop parses every new connection's request (and builds
 its WebSocket handshake and task) in whichever turn its bytes arrived: 1,000 sockets
-opening at once made turns of 60-110 ms, and 1,000 closing at once turns of 20-30 ms,
+opening at once made turns of 60-110 ms, and 1,000 closing at once turns of 16-32 ms,
 and other users' skips waited behind each one.
 
 Here a new connection's first read (the request, or the WebSocket upgrade) and a
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 # The share of a loop turn that churn may take. A new WebSocket's first read costs
-# ~0.15 ms here (a close ~0.05 ms), so a turn admits one or a few of them. With 1,000
+# ~0.08 ms here (a close frame ~0.02 ms), so a turn admits a few of them. With 1,000
 # sockets opening at once, other users' skip -> notified p99 was 15-19 ms at 0.5 ms
 # and 9-12 ms at 0.25 ms (with 4 sockets opening at once, services.py).
 CHURN_BUDGET_S = 0.00025

@@ -253,6 +253,20 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
+        if (
+            self.churn is not None
+            and not self.close_sent
+            and not self._unparsed
+            and self.handshake_complete
+            and is_close_frame(data)
+        ):
+            self.churn.run(self.transport, self._received, data)
+            return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        # Also the step of a close frame that waited its turn: the server may have sent
+        # its own close meanwhile, and the peer's then completes the closing handshake.
         if self.close_sent:
             self._after_close += len(data) + len(self._unparsed)
             self._unparsed = b""
@@ -262,17 +276,6 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
             super().data_received(data)
             self._arm_drop()
             return
-        if (
-            self.churn is not None
-            and not self._unparsed
-            and self.handshake_complete
-            and is_close_frame(data)
-        ):
-            self.churn.run(self.transport, self._take, data)
-            return
-        self._take(data)
-
-    def _take(self, data: bytes) -> None:
         self._unparsed += data
         self._parse()
 

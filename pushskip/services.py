@@ -38,11 +38,12 @@ SessionVerifier = Callable[[Request], Awaitable[bool]]
 # anyway, so a Redis that is away cannot build up a queue). A burst of opens (every
 # client of a restarted process coming back at once) then queues for its hellos instead
 # of taking the event loop from the sockets already open. With 1,000 sockets opening
-# beside 100 skips/s, other users' skip -> notified p99 was 472-598 ms without turns;
-# with new connections parsed as churn (churn.py), 16 at a time made 18-23 ms and 4 at a
-# time 9-12 ms, the whole burst in as long (docs/benchmarks.md, Notes). An open waits on
-# about three Redis round trips: 4 at a time still opens ~1,000 a second with Redis 1 ms
-# away, more than this process's CPU can take.
+# beside 100 skips/s, other users' skip -> notified p99 was 472-598 ms without turns.
+# With new connections parsed as churn (churn.py, 0.5 ms a turn), 4 at a time rather
+# than 16 took it from ~19 ms to ~16 ms, the whole burst opening as fast (docs/
+# benchmarks.md, Notes). An open holds its turn over about three Redis round trips:
+# 4 at a time still open ~1,000 a second with Redis 1 ms away, more than the
+# process's CPU takes.
 OPENING_AT_ONCE = 4
 OPENING_WAIT_S = 2.0
 

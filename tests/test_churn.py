@@ -4,12 +4,14 @@ frames take at most a share of each loop turn, in arrival order, and none is los
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
 import websockets
 from redis.asyncio import Redis
 
+from pushskip import keys
 from pushskip.churn import ChurnTurns, Step, is_close_frame
 from tests.conftest import EmbeddedRedis
 from tests.helpers import make_settings, new_user, run_server
@@ -204,3 +206,59 @@ async def test_only_first_reads_and_close_frames_are_churn(
                 assert (await recv_json(ws))["type"] == "pong"
             assert churn.steps == 2
         assert churn.steps == 3
+
+
+class HeldCloses(ChurnTurns):
+    """Churn that holds every close frame until the test lets it go."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[asyncio.Transport, Step, bytes]] = []
+
+    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> None:
+        if not is_close_frame(data):
+            super().run(transport, step, data)
+            return
+        transport.pause_reading()
+        self.held.append((transport, step, data))
+
+    def release(self) -> None:
+        for transport, step, data in self.held:
+            transport.resume_reading()
+            step(data)
+
+
+async def test_a_close_frame_that_waited_completes_a_close_the_server_sent_meanwhile(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """The peer's close frame waits its turn; meanwhile the server closes the socket itself
+    (a ban). When the frame's turn comes it completes the closing handshake: the
+    connection is closed then, not left to be dropped CLOSE_GRACE_S later."""
+    churn = HeldCloses()
+    async with (
+        run_server(make_settings(redis_server.url), churn=churn) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        user = await new_user(http)
+        ws = await websockets.connect(ws_url(base, user))
+        assert (await recv_json(ws))["type"] == "hello"
+        closing = asyncio.create_task(ws.close())
+        for _ in range(500):
+            if churn.held:
+                break
+            await asyncio.sleep(0.01)
+        assert len(churn.held) == 1
+        transport = churn.held[0][0]
+        ban = json.dumps({"type": "close", "reason": "banned"})
+        await redis.publish(keys.user_channel(user.id), ban)
+        for _ in range(500):
+            if transport.is_closing() or (ws.protocol.close_rcvd is not None):
+                break
+            await asyncio.sleep(0.01)
+        assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 4403
+        assert not transport.is_closing()
+        churn.release()
+        assert transport.is_closing()
+        await closing
