@@ -1,6 +1,6 @@
 """`python -m bench`: push vs polling latency, saturation, capacity and floors, on this machine.
 
-Run `python -m bench` from the repository root (full, ~6 minutes) or
+Run `python -m bench` from the repository root (full, ~15 minutes) or
 `--quick` (a smoke run under two minutes). It starts a private Redis and
 `pushskip serve` processes on loopback unless given --url / --redis-url, and
 writes bench/results/<date>.json, docs/benchmarks.md and docs/bench-*.png

@@ -66,7 +66,7 @@ def _head(results: dict[str, Any], json_rel: Path) -> list[str]:
     )
     w("## How to run\n")
     w(
-        "```sh\npip install -e '.[bench]'\npython -m bench            # full run, ~6 min: "
+        "```sh\npip install -e '.[bench]'\npython -m bench            # full run, ~15 min: "
         "writes bench/results/<date>.json, docs/benchmarks.md, docs/bench-*.png\n"
         "python -m bench --quick    # smoke run, < 2 min, into a temp dir (or --out DIR)\n"
         "python -m bench --url http://127.0.0.1:8000 --redis-url unix:///path/redis.sock  "
