@@ -94,7 +94,15 @@ class ChurnTurns:
             if transport.is_closing():
                 continue
             transport.resume_reading()
-            self._run(step, data)
+            try:
+                self._run(step, data)
+            except Exception as exc:
+                # As a transport does when its protocol's data_received raises: the
+                # connection is dropped and the error reported, and the turn goes on.
+                transport.abort()
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "a connection's churn step failed", "exception": exc}
+                )
             if self._spent >= self.budget_s:
                 break
         if queue:

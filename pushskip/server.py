@@ -109,8 +109,15 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self._first_read:
             self._first_read = False
             if self.churn is not None:
-                self.churn.run(self.transport, super().data_received, data)
+                # The wait for its turn is the server's, not the client's: the header
+                # timer starts again when the read is parsed.
+                self._disarm()
+                self.churn.run(self.transport, self._first_step, data)
                 return
+        super().data_received(data)
+
+    def _first_step(self, data: bytes) -> None:
+        self._arm()
         super().data_received(data)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -253,6 +260,9 @@ class ClosingWebSocketProtocol(WebSocketsSansIOProtocol):
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
+        # A read that continues a frame split across reads can look like a close frame
+        # too (its first byte is the frame's payload); it then waits a turn like one,
+        # and is parsed in order all the same.
         if (
             self.churn is not None
             and not self.close_sent

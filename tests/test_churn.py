@@ -32,6 +32,9 @@ class Transport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def abort(self) -> None:
+        self.closing = True
+
 
 class Turns:
     """Counts the loop's turns: one tick per turn, scheduled as churn's own turn is."""
@@ -108,6 +111,36 @@ async def test_a_step_whose_connection_closed_while_waiting_is_dropped() -> None
     while churn.waiting:
         await asyncio.sleep(0)
     assert ran == [b"first", b"last"]
+
+
+async def test_a_waiting_step_that_raises_drops_its_connection_and_the_turn_goes_on() -> None:
+    """As a transport does when its protocol fails on a read: the connection is dropped
+    and the error reported; the steps behind it still run."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        churn = ChurnTurns(budget_s=60.0)
+        ran: list[bytes] = []
+
+        def step(data: bytes) -> None:
+            if data == b"bad":
+                raise ValueError("unparsable")
+            ran.append(data)
+
+        first, bad, last = Transport(), Transport(), Transport()
+        churn.run(first, step, b"first")  # type: ignore[arg-type]
+        churn.budget_s = 0.0  # the next two wait
+        churn.run(bad, step, b"bad")  # type: ignore[arg-type]
+        churn.run(last, step, b"last")  # type: ignore[arg-type]
+        churn.budget_s = 60.0
+        while churn.waiting:
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert ran == [b"first", b"last"]
+    assert bad.closing and not first.closing and not last.closing
+    assert [type(c.get("exception")) for c in reported] == [ValueError]
 
 
 def test_close_frames_are_told_from_other_frames() -> None:
@@ -262,3 +295,38 @@ async def test_a_close_frame_that_waited_completes_a_close_the_server_sent_meanw
         churn.release()
         assert transport.is_closing()
         await closing
+
+
+class SlowTurns(ChurnTurns):
+    """Churn whose every step takes 150 ms, one step a turn."""
+
+    def __init__(self) -> None:
+        super().__init__(budget_s=0.0)
+
+    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> None:
+        def slow(data: bytes) -> None:
+            time.sleep(0.15)
+            step(data)
+
+        super().run(transport, slow, data)
+
+
+async def test_the_wait_for_a_turn_does_not_count_against_the_header_timeout(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """12 complete requests arrive at once, each first read taking 150 ms: the last waits
+    ~1.7 s for its turn, longer than the 1 s header timeout, and is answered all the same."""
+    settings = make_settings(redis_server.url, header_timeout_s=1.0)
+    async with run_server(settings, churn=SlowTurns()) as base:
+        host, port = base.removeprefix("http://").split(":")
+
+        async def one() -> bytes:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                return await asyncio.wait_for(reader.read(20), 10)
+            finally:
+                writer.close()
+
+        answers = await asyncio.gather(*(one() for _ in range(12)))
+    assert [a.startswith(b"HTTP/1.1 200") for a in answers] == [True] * 12
