@@ -323,7 +323,9 @@ class Settings:
     )
     header_timeout_s: float = setting(
         DEFAULT_HEADER_TIMEOUT_S,
-        "a request whose headers have not all arrived this long after it began is dropped",
+        "a request whose headers have not all arrived this long after it began is dropped"
+        " (the time a new connection's first read waits for its turn, `churn.py`, does not"
+        " count)",
     )
     rate_per_s: float = setting(
         DEFAULT_RATE_PER_S, "per-user request rate limit (per process), requests per second"

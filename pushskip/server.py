@@ -110,14 +110,16 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self._first_read = False
             if self.churn is not None:
                 # The wait for its turn is the server's, not the client's: the header
-                # timer starts again when the read is parsed.
+                # timer stops meanwhile, and goes on with what was left of it.
+                timer = self._header_timer
+                left = self.header_timeout_s if timer is None else timer.when() - self.loop.time()
                 self._disarm()
-                self.churn.run(self.transport, self._first_step, data)
+                self.churn.run(self.transport, lambda data: self._first_step(data, left), data)
                 return
         super().data_received(data)
 
-    def _first_step(self, data: bytes) -> None:
-        self._arm()
+    def _first_step(self, data: bytes, timeout_left_s: float) -> None:
+        self._arm(max(0.0, timeout_left_s))
         super().data_received(data)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -145,9 +147,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
+    def _arm(self, timeout_s: float | None = None) -> None:
         if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._expire)
+            delay = self.header_timeout_s if timeout_s is None else timeout_s
+            self._header_timer = self.loop.call_later(delay, self._expire)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:

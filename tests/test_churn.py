@@ -330,3 +330,23 @@ async def test_the_wait_for_a_turn_does_not_count_against_the_header_timeout(
 
         answers = await asyncio.gather(*(one() for _ in range(12)))
     assert [a.startswith(b"HTTP/1.1 200") for a in answers] == [True] * 12
+
+
+async def test_a_first_read_does_not_give_a_slow_client_a_new_header_timeout(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """A client that waits 1.5 s and then sends a part of its request head is still
+    closed when its 2 s are up, not 2 s after its first bytes."""
+    settings = make_settings(redis_server.url, header_timeout_s=2.0)
+    async with run_server(settings) as base:
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        opened = time.monotonic()
+        try:
+            await asyncio.sleep(1.5)
+            writer.write(b"GET /healthz HTTP/1.1\r\n")
+            assert await asyncio.wait_for(reader.read(100), 10) == b""
+            closed_after = time.monotonic() - opened
+        finally:
+            writer.close()
+    assert closed_after < 2.9, f"closed {closed_after:.2f} s after it opened"
