@@ -59,16 +59,17 @@ class ChurnTurns:
     def waiting(self) -> int:
         return len(self._queue)
 
-    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> None:
-        """`step(data)` now, or, when this turn's share is spent (or other steps wait),
-        in a later turn: `transport` is not read until then. A step whose transport
-        closed meanwhile is dropped."""
+    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> bool:
+        """`step(data)` now (True), or, when this turn's share is spent (or other steps
+        wait), in a later turn (False): `transport` is not read until then. A step whose
+        transport closed meanwhile is dropped."""
         if self._queue or self._spent >= self.budget_s:
             transport.pause_reading()
             self._queue.append((transport, step, data))
             self._mark_turn()
-            return
+            return False
         self._run(step, data)
+        return True
 
     def _run(self, step: Step, data: bytes) -> None:
         started = time.perf_counter()

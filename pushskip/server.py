@@ -109,17 +109,19 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self._first_read:
             self._first_read = False
             if self.churn is not None:
-                # The wait for its turn is the server's, not the client's: the header
-                # timer stops meanwhile, and goes on with what was left of it.
                 timer = self._header_timer
                 left = self.header_timeout_s if timer is None else timer.when() - self.loop.time()
-                self._disarm()
-                self.churn.run(self.transport, lambda data: self._first_step(data, left), data)
+                if not self.churn.run(
+                    self.transport, lambda data: self._first_step(data, left), data
+                ):
+                    # The wait for its turn is the server's, not the client's: the header
+                    # timer stops meanwhile, and goes on with what was left of it.
+                    self._disarm()
                 return
         super().data_received(data)
 
     def _first_step(self, data: bytes, timeout_left_s: float) -> None:
-        self._arm(max(0.0, timeout_left_s))
+        self._arm(max(0.0, timeout_left_s))  # a step run at once finds the timer still armed
         super().data_received(data)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

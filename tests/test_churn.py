@@ -56,9 +56,12 @@ async def test_steps_within_the_share_run_at_once() -> None:
     churn = ChurnTurns(budget_s=60.0)
     ran: list[bytes] = []
     transports = [Transport() for _ in range(5)]
-    for i, transport in enumerate(transports):
+    ran_now = [
         churn.run(transport, ran.append, b"%d" % i)  # type: ignore[arg-type]
+        for i, transport in enumerate(transports)
+    ]
     assert ran == [b"0", b"1", b"2", b"3", b"4"]
+    assert ran_now == [True] * 5
     assert churn.waiting == 0
     assert not any(t.paused for t in transports)
 
@@ -75,13 +78,12 @@ async def test_past_the_share_steps_wait_their_turn_in_order() -> None:
         ran.append((data, turns.count, transports[data].paused))
         time.sleep(0.002)
 
-    def arrive(name: bytes) -> None:
+    def arrive(name: bytes) -> bool:
         transports[name] = Transport()
-        churn.run(transports[name], slow_step, name)  # type: ignore[arg-type]
+        return churn.run(transports[name], slow_step, name)  # type: ignore[arg-type]
 
     try:
-        for name in (b"a", b"b", b"c"):
-            arrive(name)
+        assert [arrive(name) for name in (b"a", b"b", b"c")] == [True, False, False]
         assert [r[0] for r in ran] == [b"a"]
         assert transports[b"b"].paused and transports[b"c"].paused
         assert churn.waiting == 2
@@ -213,9 +215,9 @@ class CountedTurns(ChurnTurns):
         super().__init__()
         self.steps = 0
 
-    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> None:
+    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> bool:
         self.steps += 1
-        super().run(transport, step, data)
+        return super().run(transport, step, data)
 
 
 async def test_only_first_reads_and_close_frames_are_churn(
@@ -250,12 +252,12 @@ class HeldCloses(ChurnTurns):
         super().__init__()
         self.held: list[tuple[asyncio.Transport, Step, bytes]] = []
 
-    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> None:
+    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> bool:
         if not is_close_frame(data):
-            super().run(transport, step, data)
-            return
+            return super().run(transport, step, data)
         transport.pause_reading()
         self.held.append((transport, step, data))
+        return False
 
     def release(self) -> None:
         for transport, step, data in self.held:
@@ -303,12 +305,12 @@ class SlowTurns(ChurnTurns):
     def __init__(self) -> None:
         super().__init__(budget_s=0.0)
 
-    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> None:
+    def run(self, transport: asyncio.Transport, step: Step, data: bytes) -> bool:
         def slow(data: bytes) -> None:
             time.sleep(0.15)
             step(data)
 
-        super().run(transport, slow, data)
+        return super().run(transport, slow, data)
 
 
 async def test_the_wait_for_a_turn_does_not_count_against_the_header_timeout(
