@@ -28,12 +28,31 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from bench.procs import free_port
 from pushskip.embedded import die_with_parent, find_server_binary
 
 START_S = 15.0
 MASTER = "pushskip"
+START_TRIES = 3
+
+_PORTS_GIVEN: set[int] = set()
+
+
+def fresh_port() -> int:
+    """A free port that this process has not handed out before: a node's port is chosen
+    before its server listens on it, and two nodes (or a node and its cluster bus) must
+    not be given the same one."""
+    while (port := free_port()) in _PORTS_GIVEN:
+        pass
+    _PORTS_GIVEN.add(port)
+    return port
+
+
+class PortTaken(RuntimeError):
+    """The server could not listen: its port was taken between choosing and binding it."""
 
 
 class Node:
@@ -43,7 +62,9 @@ class Node:
         self.directory = directory / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self.port = free_port()
+        self.port = fresh_port()
+        # A cluster node's bus port (the default, port + 10000, may not exist).
+        self.bus_port: int | None = None
         self.args = args
         self.sentinel = sentinel
         self.process: subprocess.Popen[bytes] | None = None
@@ -55,8 +76,17 @@ class Node:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def client(self, timeout: float = 2.0) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=timeout, decode_responses=True)
+    def client(self, timeout: float = 2.0, *, retry: bool = True) -> redis.Redis:
+        """A client of this node; without `retry`, an error is told at once (redis-py
+        otherwise retries a refused connection for ~5 s)."""
+        if retry:
+            return redis.Redis(port=self.port, socket_timeout=timeout, decode_responses=True)
+        return redis.Redis(
+            port=self.port,
+            socket_timeout=timeout,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     def start(self) -> None:
         binary = find_server_binary()
@@ -66,6 +96,8 @@ class Node:
             argv = [binary, str(conf), "--sentinel", "--port", str(self.port)]
         else:
             argv = [binary, "--port", str(self.port), *self.args]
+        if self.bus_port is not None:
+            argv += ["--cluster-port", str(self.bus_port)]
         argv += ["--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"]
         argv += ["--logfile", str(self.directory / "server.log"), "--bind", "127.0.0.1"]
         self.process = subprocess.Popen(
@@ -77,12 +109,15 @@ class Node:
             start_new_session=True,
         )
         deadline = time.monotonic() + START_S
-        client = self.client(timeout=0.5)
+        client = self.client(timeout=0.5, retry=False)  # this loop is the retrying
         try:
             while True:
                 if self.process.poll() is not None:
-                    log = self.directory / "server.log"
-                    raise RuntimeError(f"{self.name} exited: {log.read_text()[-2000:]}")
+                    path = self.directory / "server.log"
+                    # An error in its arguments is told before the log file is opened.
+                    log = path.read_text()[-2000:] if path.exists() else "(no log)"
+                    taken = "Address already in use" in log
+                    raise (PortTaken if taken else RuntimeError)(f"{self.name} exited: {log}")
                 with contextlib.suppress(redis.RedisError, OSError):
                     if client.ping():
                         return
@@ -91,6 +126,20 @@ class Node:
                 time.sleep(0.02)
         finally:
             client.close()
+
+    def start_on_fresh_ports(self) -> None:
+        """`start`, choosing new ports when one was taken meanwhile: for a node that no
+        other node refers to yet."""
+        for attempt in range(START_TRIES):
+            try:
+                self.start()
+                return
+            except PortTaken:
+                if attempt == START_TRIES - 1:
+                    raise
+                self.port = fresh_port()
+                if self.bus_port is not None:
+                    self.bus_port = fresh_port()
 
     def stop(self, *, kill: bool = False) -> None:
         process, self.process = self.process, None
@@ -234,12 +283,9 @@ class ClusterDeployment:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def start(self) -> ClusterDeployment:
-        buses = []
         for node in self.nodes:
-            # The bus port defaults to port + 10000, which a free ephemeral port may not allow.
-            buses.append(free_port())
-            node.args += ["--cluster-port", str(buses[-1])]
-            node.start()
+            node.bus_port = fresh_port()
+            node.start_on_fresh_ports()  # the others learn its ports only below
         step = 16384 // len(self.nodes)
         clients = [n.client() for n in self.nodes]
         for i, client in enumerate(clients):
@@ -248,7 +294,8 @@ class ClusterDeployment:
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
             client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
         for client in clients[1:]:
-            client.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port, buses[0])
+            known = self.nodes[0]
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", known.port, known.bus_port)
         for client in clients:
             wait_for(
                 lambda c=client: c.cluster("info").get("cluster_state") == "ok",
