@@ -370,7 +370,9 @@ async def test_log_keys_all_expire_after_the_retention(own_redis: EmbeddedRedis)
     try:
         await redis.flushall()
         async with run_server(settings) as base:
-            limits = httpx.Limits(max_connections=50)
+            # A pooled connection idle for uvicorn's keep-alive (5 s, httpx's default
+            # expiry too) can be closed by the server as the client reuses it.
+            limits = httpx.Limits(max_connections=50, keepalive_expiry=2.0)
             async with httpx.AsyncClient(base_url=base, timeout=20, limits=limits) as http:
                 for _ in range(10):
                     await asyncio.gather(*(come_and_go(http, i) for i in range(50)))
