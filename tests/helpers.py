@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from redis.asyncio import Redis
+from starlette.applications import Starlette
 
 from pushskip import keys
 from pushskip.app import create_app
@@ -48,10 +49,13 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def run_server(settings: Settings, churn: ChurnTurns | None = None) -> AsyncIterator[str]:
-    """A real uvicorn serving create_app(settings) in this event loop; yields its base URL."""
+async def run_server(
+    settings: Settings, churn: ChurnTurns | None = None, app: Starlette | None = None
+) -> AsyncIterator[str]:
+    """A real uvicorn serving create_app(settings) (or `app`, under the same server
+    settings) in this event loop; yields its base URL."""
     port = free_port()
-    app = create_app(settings)
+    app = create_app(settings) if app is None else app
     config = server_config(app, settings, host="127.0.0.1", port=port, churn=churn)
     server = PushskipServer(config)
     server.config.install_signal_handlers = False  # type: ignore[attr-defined]
