@@ -86,16 +86,20 @@ class Floor:
         self.skip_script = self.redis.register_script(SKIP)
         self.leave_script = self.redis.register_script(LEAVE)
         self.sockets: dict[bytes, WebSocket] = {}
+        self.pubsub = self.redis.pubsub()
         self.forwarder: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.psubscribe(CHANNELS)
-        self.forwarder = asyncio.create_task(self.forward(pubsub))
+        await self.pubsub.psubscribe(CHANNELS)
+        self.forwarder = asyncio.create_task(self.forward(self.pubsub))
 
     async def stop(self) -> None:
         if self.forwarder is not None:
             self.forwarder.cancel()
+            # Cancelled, or ended already because Redis went away first.
+            with suppress(asyncio.CancelledError, Exception):
+                await self.forwarder
+        await self.pubsub.aclose()
         await self.redis.aclose()
 
     async def forward(self, pubsub: Any) -> None:
