@@ -7,7 +7,6 @@ on its socket, a skip over HTTP and over the socket.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -16,12 +15,9 @@ import websockets
 
 from bench.floorcycle import create_floor_app
 from tests.helpers import make_settings, run_server
+from tests.test_ws import recv_json
 
 API = "/api/simple-matching"
-
-
-async def next_event(ws: Any) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(decode=True), 5))  # type: ignore[no-any-return]
 
 
 async def test_the_floor_pairs_two_users_and_tells_the_partner_of_each_skip(
@@ -46,8 +42,8 @@ async def test_the_floor_pairs_two_users_and_tells_the_partner_of_each_skip(
         ws_b_url = url.replace("http", "ws", 1) + "/ws?token=" + b["token"]
         ws_a_url = url.replace("http", "ws", 1) + "/ws?token=" + a["token"]
         async with websockets.connect(ws_b_url) as ws_b, websockets.connect(ws_a_url) as ws_a:
-            assert (await next_event(ws_b))["type"] == "hello"
-            assert (await next_event(ws_a))["type"] == "hello"
+            assert (await recv_json(ws_b))["type"] == "hello"
+            assert (await recv_json(ws_a))["type"] == "hello"
             for via in ("http", "socket"):
                 assert (await post(f"{API}/enqueue", b["token"])).json() == {"status": "waiting"}
                 matched = (await post(f"{API}/enqueue", a["token"])).json()
@@ -57,20 +53,20 @@ async def test_the_floor_pairs_two_users_and_tells_the_partner_of_each_skip(
                     a["userId"],
                     b["userId"],
                 }
-                assert await next_event(ws_b) == {"type": "matched", "roomName": room}
-                assert await next_event(ws_a) == {"type": "matched", "roomName": room}
+                assert await recv_json(ws_b) == {"type": "matched", "roomName": room}
+                assert await recv_json(ws_a) == {"type": "matched", "roomName": room}
                 if via == "http":
                     reply = (await post(f"{API}/skip", a["token"])).json()
                     assert reply == {"skipped": True}
                 else:
                     await ws_a.send(json.dumps({"type": "skip", "id": "s1"}))
-                    assert await next_event(ws_a) == {
+                    assert await recv_json(ws_a) == {
                         "type": "reply",
                         "id": "s1",
                         "status": 200,
                         "body": {"skipped": True},
                     }
-                assert await next_event(ws_b) == {"type": "partner-skipped", "roomName": room}
+                assert await recv_json(ws_b) == {"type": "partner-skipped", "roomName": room}
                 # The match is over: a second skip finds none.
                 assert (await post(f"{API}/skip", a["token"])).json() == {"skipped": False}
         assert (await post(f"{API}/leave", b["token"])).json() == {"success": True}
