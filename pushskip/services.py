@@ -40,10 +40,10 @@ SessionVerifier = Callable[[Request], Awaitable[bool]]
 # of taking the event loop from the sockets already open. With 1,000 sockets opening
 # beside 100 skips/s, other users' skip -> notified p99 was 472-598 ms without turns.
 # With new connections parsed as churn (churn.py, 0.5 ms a turn), 4 at a time rather
-# than 16 took it from ~19 ms to ~16 ms, the whole burst opening as fast (docs/
-# benchmarks.md, Notes). An open holds its turn over about three Redis round trips:
-# 4 at a time still open ~1,000 a second with Redis 1 ms away, more than the
-# process's CPU takes.
+# than 16 did not move it alone (~19 ms) but did with the young collection every 5,000
+# objects (heap.py): ~16 ms, the whole burst opening as fast (docs/benchmarks.md, Notes).
+# An open holds its turn over about three Redis round trips: 4 at a time still open
+# ~1,000 a second with Redis 1 ms away, more than the process's CPU takes.
 OPENING_AT_ONCE = 4
 OPENING_WAIT_S = 2.0
 
